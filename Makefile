@@ -1,0 +1,31 @@
+# `make demo` and `make test` each set up .venv on first use (CPU stack).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.torchrec-ple-installed
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: demo test lint install adult clean
+
+$(STAMP): requirements/cpu.txt requirements/torchrec.txt requirements/dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/cpu.txt
+	$(PY) -m pip install -q --no-deps -r requirements/torchrec.txt
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m torchrec_ple fit feature_specs/synthetic.yaml --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check torchrec_ple tests benchmarks
+	$(VENV)/bin/ruff format --check torchrec_ple tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,52 @@
+"""Masked multi-task loss and loss-weight schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torchrec_ple.train.loss import ExponentialLossWeights, masked_task_losses
+
+
+def test_masked_mean_matches_definition() -> None:
+    torch.manual_seed(0)
+    out = torch.randn(8, 2, requires_grad=True)
+    labels = torch.stack([torch.randint(0, 2, (8,)).float(), torch.randn(8)], dim=1)
+    masks = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 0], [1, 1], [0, 0], [1, 1], [1, 0]]).float()
+    losses = masked_task_losses(out, labels, masks, torch.tensor([True, False]))
+    m0, m1 = masks[:, 0].bool(), masks[:, 1].bool()
+    ref0 = F.binary_cross_entropy_with_logits(out[m0, 0], labels[m0, 0])
+    ref1 = ((out[m1, 1] - labels[m1, 1]) ** 2).mean()
+    assert torch.allclose(losses, torch.stack([ref0, ref1]))
+    # samples outside a task's space get no gradient from that task
+    losses[1].backward()
+    assert torch.all(out.grad[~m1, 1] == 0) and torch.all(out.grad[:, 0] == 0)
+
+
+def test_empty_mask_is_zero_not_nan() -> None:
+    out = torch.randn(4, 2, requires_grad=True)
+    labels = torch.zeros(4, 2)
+    masks = torch.tensor([[1.0, 0.0]] * 4)
+    losses = masked_task_losses(out, labels, masks, torch.tensor([True, True]))
+    assert losses[1].item() == 0.0 and torch.isfinite(losses).all()
+    losses.sum().backward()
+    assert torch.isfinite(out.grad).all() and torch.all(out.grad[:, 1] == 0)
+
+
+def test_padding_rows_do_not_change_loss() -> None:
+    out = torch.randn(5, 1)
+    labels = torch.randint(0, 2, (5, 1)).float()
+    full = masked_task_losses(out[:3], labels[:3], torch.ones(3, 1), torch.tensor([True]))
+    padded = masked_task_losses(out, labels, torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]]), torch.tensor([True]))
+    assert torch.allclose(full, padded)
+
+
+@pytest.mark.parametrize("t", [0, 1, 10, 1000])
+def test_exponential_schedule(t: int) -> None:
+    w = ExponentialLossWeights([1.0, 0.5, 2.0], [1.0, 0.99, 0.5])(t)
+    expected = [1.0, 0.5 * 0.99**t, 2.0 * 0.5**t]
+    for a, b in zip(w.tolist(), expected):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30)

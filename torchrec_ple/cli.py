@@ -1,0 +1,145 @@
+"""The ``torchrec-ple`` command line: validate, fit, evaluate.
+
+Bad input ends with one line on stderr (``error: <file>:<line>: <key>: expected ...``)
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+
+def _set_thread_env() -> None:
+    # fbgemm's CPU kernels slow down ~40x under contention with OpenMP's default
+    # busy-waiting; the variable is read when libgomp loads, i.e. at `import torch`,
+    # so it must be set before any torch import (this module imports torch lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if local and int(local) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(local)))
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="the YAML spec")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec field, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchrec-ple", description="Multi-task recommendation (PLE) on TorchRec."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a spec, and its data's schema when reachable")
+    _add_spec_args(p)
+    p.add_argument("--no-data", action="store_true", help="check the spec only")
+
+    p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
+    _add_spec_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+
+    p = sub.add_parser("evaluate", help="evaluate a fitted run on the spec's data")
+    _add_spec_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
+    p.add_argument("--split", choices=["validation", "train"], default="validation")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    return parser
+
+
+def _print_metrics(tasks: Dict[str, Dict[str, float]]) -> None:
+    print(f"{'task':<20} {'metric':<6} {'value':>10} {'count':>10}")
+    for name, m in tasks.items():
+        metric = "auc" if "auc" in m else "mse"
+        print(f"{name:<20} {metric:<6} {m[metric]:>10.4f} {int(m['count']):>10}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from torchrec_ple.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    print(
+        f"{args.spec}: spec OK ({len(spec.features)} features, {len(spec.tasks)} tasks, "
+        f"architecture {spec.model.architecture})"
+    )
+    if not args.no_data:
+        from torchrec_ple.data.validate import check_data
+
+        for line in check_data(spec):
+            print(line)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from torchrec_ple.spec import load_spec
+    from torchrec_ple.train.trainer import fit
+
+    spec = load_spec(args.spec, args.overrides)
+    metrics = fit(spec, args.out)
+    if _is_main():
+        _print_metrics(metrics["tasks"])
+        print(f"train: {metrics['train']['samples_per_second']:.0f} samples/s; wrote {args.out}/metrics.json")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from torchrec_ple.spec import load_spec
+    from torchrec_ple.train.trainer import evaluate
+
+    spec = load_spec(args.spec, args.overrides)
+    result = evaluate(spec, args.checkpoint, args.split)
+    if _is_main():
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            _print_metrics(result["tasks"])
+    return 0
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+_COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": _cmd_validate,
+    "fit": _cmd_fit,
+    "evaluate": _cmd_evaluate,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``torchrec-ple`` and ``python -m torchrec_ple``."""
+    _set_thread_env()
+    args = build_parser().parse_args(argv)
+    from torchrec_ple.spec.errors import DataError, SpecError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (SpecError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

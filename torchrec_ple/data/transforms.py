@@ -1,0 +1,460 @@
+"""Raw columns to ids, floats, labels and sample-space masks.
+
+Transforms are fitted once on the training table (:meth:`FeatureTransforms.fit`), saved
+as plain JSON next to the model, and re-applied unchanged at evaluation and prediction.
+Everything is vectorized over Arrow/numpy arrays: there is no per-row Python loop.
+
+Id conventions (per embedding table):
+
+* vocabulary: row 0 is out-of-vocabulary (rare, unseen or missing values); the fitted
+  values take rows ``1..V`` by decreasing frequency;
+* hashing: row 0 is missing; a value goes to ``1 + hash(value) % hash_buckets``;
+* identity: values are ids in ``[0, num_embeddings)`` already;
+* numeric buckets: row 0 is missing; bucket ``i`` (``searchsorted`` right) is row ``i+1``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from torchrec_ple.spec.errors import DataError
+from torchrec_ple.spec.schema import FeatureSpec, Spec, TaskSpec
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TableInfo:
+    """An embedding table as fitted: what ``EmbeddingBagConfig`` needs.
+
+    Args:
+        name (str): table name.
+        dim (int): embedding dimension.
+        num_embeddings (int): rows.
+        pooling (str): ``sum`` or ``mean``.
+        features (List[str]): feature names looking it up.
+        sharding (str): sharding hint.
+    """
+
+    name: str
+    dim: int
+    num_embeddings: int
+    pooling: str
+    features: List[str]
+    sharding: str = "auto"
+
+    @property
+    def config_name(self) -> str:
+        """The TorchRec table name: prefixed, since a bare name such as ``items`` or
+        ``keys`` would clash with ``nn.ModuleDict`` attributes inside the collection."""
+        return f"t_{self.name}"
+
+
+@dataclass
+class EncodedData:
+    """A table encoded into model-ready arrays (N rows, K tasks, D dense columns).
+
+    Args:
+        keys (List[str]): sparse feature names, in KeyedJaggedTensor key order.
+        values (List[np.ndarray]): int64 ids per key, all rows' ids back to back.
+        offsets (List[Optional[np.ndarray]]): int64 (N + 1,) row offsets per key;
+            ``None`` when every row has exactly one id (``values`` is then (N,)).
+        dense (np.ndarray): float32 (N, D).
+        labels (np.ndarray): float32 (N, K); 0 where a label is missing.
+        masks (np.ndarray): float32 (N, K); 1 where the row is in the task's sample space.
+        report (Dict[str, Any]): counts of rows changed while encoding.
+    """
+
+    keys: List[str]
+    values: List[np.ndarray]
+    offsets: List[Optional[np.ndarray]]
+    dense: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    report: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _as_numeric(arr: pa.Array, where: str) -> np.ndarray:
+    """Float64 numpy view of a numeric/bool column, NaN where missing."""
+    if pa.types.is_boolean(arr.type):
+        arr = arr.cast(pa.int8())
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        if pa.types.is_null(arr.type):
+            return np.full(len(arr), np.nan)
+        # Strings that all parse as numbers are accepted (CSV columns read as text).
+        try:
+            arr = pc.cast(arr, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            bad = _first_unparsable(arr)
+            raise DataError(
+                column=where, expected="numbers", found=f"{arr.type} values such as {bad!r}"
+            ) from None
+    return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _first_unparsable(arr: pa.Array) -> Any:
+    for v in arr.to_pylist()[:10000]:
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            if v is not None:
+                return v
+    return None
+
+
+def _normalize_ids(arr: pa.Array) -> pa.Array:
+    """Canonical key type for vocabularies: int64 for integral columns, else string."""
+    if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
+        return arr.cast(pa.int64())
+    if pa.types.is_floating(arr.type):
+        np_arr = arr.to_numpy(zero_copy_only=False)
+        finite = np_arr[~np.isnan(np_arr)]
+        # Integer ids read with missing values become floats in pandas/CSV: undo that.
+        if np.all(finite == np.round(finite)):
+            return pc.cast(arr, pa.int64(), safe=False)
+        return pc.cast(arr, pa.string())
+    if pa.types.is_dictionary(arr.type):
+        return arr.dictionary_decode().cast(pa.string())
+    return arr.cast(pa.string())
+
+
+def _flatten(arr: pa.Array, feature: FeatureSpec) -> Tuple[pa.Array, Optional[np.ndarray]]:
+    """(flat values, offsets or None) of a categorical or sequence column."""
+    if feature.type != "sequence":
+        return arr, None
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        if feature.separator is None:
+            raise DataError(
+                column=feature.column,
+                expected="a list column, or a 'separator' to split strings on",
+                found=f"{arr.type} values",
+            )
+        arr = pc.split_pattern(arr, pattern=feature.separator)
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise DataError(column=feature.column, expected="a list column", found=str(arr.type))
+    arr = arr.fill_null(pa.scalar([], type=arr.type))
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten()
+    if offsets[0] != 0:  # a sliced array: rebase offsets onto the flattened values
+        offsets = offsets - offsets[0]
+    if feature.max_len is not None:
+        values, offsets = _truncate(values, offsets, feature.max_len)
+    return values, offsets
+
+
+def _truncate(values: pa.Array, offsets: np.ndarray, max_len: int) -> Tuple[pa.Array, np.ndarray]:
+    # Keep the LAST max_len items of each list: logs append the most recent at the end.
+    lengths = np.diff(offsets)
+    if lengths.size == 0 or lengths.max(initial=0) <= max_len:
+        return values, offsets
+    new_len = np.minimum(lengths, max_len)
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(new_len, out=new_offsets[1:])
+    starts = offsets[1:] - new_len
+    pos = np.repeat(starts - new_offsets[:-1], new_len) + np.arange(new_offsets[-1])
+    return values.take(pa.array(pos)), new_offsets
+
+
+def _hash(values: pa.Array, buckets: int) -> np.ndarray:
+    keys = _normalize_ids(values)
+    valid = np.asarray(keys.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    fill = pa.scalar(0, pa.int64()) if pa.types.is_integer(keys.type) else pa.scalar("", pa.string())
+    np_vals = keys.fill_null(fill).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(np_vals), dtype=np.int64)
+    if valid.any():
+        # pandas' hash_array is vectorized and seeded with a fixed key: stable across runs.
+        h = pd.util.hash_array(np_vals[valid])
+        out[valid] = (h % np.uint64(buckets)).astype(np.int64) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------- transforms
+
+
+class FeatureTransforms:
+    """Fitted transforms of a spec: vocabularies, normalizer statistics, bucket edges.
+
+    Args:
+        spec (Spec): the spec the transforms belong to.
+        state (Dict[str, Any]): fitted statistics (JSON-serializable).
+
+    Example::
+
+        transforms = FeatureTransforms.fit(spec, train_table)
+        train = transforms.encode(train_table)
+        transforms.save("out/transforms.json")
+    """
+
+    def __init__(self, spec: Spec, state: Dict[str, Any]) -> None:
+        self._spec = spec
+        self._state = state
+
+    # -- fitting
+    @classmethod
+    def fit(cls, spec: Spec, table: pa.Table) -> "FeatureTransforms":
+        """Fit every transform on the training ``table``."""
+        state: Dict[str, Any] = {"version": FORMAT_VERSION, "vocabs": {}, "numeric": {}, "buckets": {}}
+        # Vocabularies are per table: features sharing a table share one vocabulary.
+        vocab_parts: Dict[str, List[pa.Array]] = {}
+        for f in spec.features:
+            if f.is_sparse and f.buckets is None and f.hash_buckets is None and f.num_embeddings is None:
+                values, _ = _flatten(_column(table, f.column), f)
+                vocab_parts.setdefault(spec.table_of(f), []).append(_normalize_ids(values))
+        for tname, parts in vocab_parts.items():
+            feats = [f for f in spec.features if f.is_sparse and spec.table_of(f) == tname]
+            vspec = next((f.vocab for f in feats if f.vocab is not None), None)
+            min_count = vspec.min_count if vspec else 1
+            max_size = vspec.max_size if vspec else None
+            if len({p.type for p in parts}) > 1:
+                parts = [p.cast(pa.string()) for p in parts]
+            counts = pc.value_counts(pa.chunked_array(parts).combine_chunks().drop_null())
+            vals = counts.field("values").to_numpy(zero_copy_only=False)
+            cnts = counts.field("counts").to_numpy()
+            keep = cnts >= min_count
+            vals, cnts = vals[keep], cnts[keep]
+            # Stable order: by decreasing count, ties by value, so fits are reproducible.
+            order = np.lexsort((vals.astype(str), -cnts))
+            if max_size is not None:
+                order = order[:max_size]
+            state["vocabs"][tname] = {
+                "type": "int64" if pa.types.is_integer(parts[0].type) else "string",
+                "values": [v.item() if hasattr(v, "item") else v for v in vals[order]],
+            }
+        for f in spec.features:
+            if f.type != "numeric":
+                continue
+            x = _as_numeric(_column(table, f.column), f.column)
+            finite = x[np.isfinite(x)]
+            if finite.size == 0:
+                raise DataError(column=f.column, expected="at least one finite value in the training data", found="none")
+            if f.buckets is not None:
+                if f.buckets.boundaries is not None:
+                    edges = list(f.buckets.boundaries)
+                else:
+                    qs = np.quantile(finite, np.linspace(0, 1, f.buckets.num_buckets + 1)[1:-1])
+                    edges = sorted(set(float(q) for q in qs))
+                state["buckets"][f.name] = edges
+            else:
+                default_fill = float(finite.min()) if f.normalize in ("minmax", "log") else float(finite.mean())
+                fill = float(f.fill) if f.fill is not None else default_fill
+                filled = np.where(np.isfinite(x), x, fill)
+                state["numeric"][f.name] = {
+                    "fill": fill,
+                    "mean": float(filled.mean()),
+                    "std": float(filled.std()),
+                    "min": float(filled.min()),
+                    "max": float(filled.max()),
+                }
+        return cls(spec, state)
+
+    # -- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the fitted state as JSON (atomically: temp file then rename)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self._state))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, spec: Spec, path: str | Path) -> "FeatureTransforms":
+        """Read transforms saved by :meth:`save` (plain JSON: nothing is unpickled)."""
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(file=str(path), expected="a transforms JSON file", found=str(e)) from None
+        if state.get("version") != FORMAT_VERSION:
+            raise DataError(file=str(path), expected=f"transforms version {FORMAT_VERSION}", found=str(state.get("version")))
+        return cls(spec, state)
+
+    @property
+    def state(self) -> Dict[str, Any]:
+        return self._state
+
+    # -- shapes the model needs
+    def num_embeddings(self, feature: FeatureSpec) -> int:
+        """Rows of the table a sparse feature looks up."""
+        if feature.num_embeddings is not None:
+            return feature.num_embeddings
+        if feature.hash_buckets is not None:
+            return feature.hash_buckets + 1
+        if feature.buckets is not None:
+            return len(self._state["buckets"][feature.name]) + 2
+        return len(self._state["vocabs"][self._spec.table_of(feature)]["values"]) + 1
+
+    def tables(self) -> List[TableInfo]:
+        """One entry per embedding table, features in spec order."""
+        out: Dict[str, TableInfo] = {}
+        for f in self._spec.sparse_features:
+            name = self._spec.table_of(f)
+            n = self.num_embeddings(f)
+            if name in out:
+                out[name].features.append(f.name)
+                out[name].num_embeddings = max(out[name].num_embeddings, n)
+            else:
+                assert f.embedding.dim is not None
+                out[name] = TableInfo(
+                    name=name,
+                    dim=f.embedding.dim,
+                    num_embeddings=n,
+                    pooling=f.embedding.pooling or "sum",
+                    features=[f.name],
+                    sharding=f.embedding.sharding,
+                )
+        return list(out.values())
+
+    @property
+    def dense_dim(self) -> int:
+        return len(self._spec.dense_features)
+
+    # -- encoding
+    def encode(self, table: pa.Table) -> EncodedData:
+        """Encode a raw table (train, validation or new data) with the fitted state."""
+        n = table.num_rows
+        report: Dict[str, Any] = {"rows": n, "features": {}, "tasks": {}}
+        keys: List[str] = []
+        values: List[np.ndarray] = []
+        offsets: List[Optional[np.ndarray]] = []
+        for f in self._spec.sparse_features:
+            ids, offs, rep = self._encode_sparse(table, f)
+            keys.append(f.name)
+            values.append(ids)
+            offsets.append(offs)
+            report["features"][f.name] = rep
+        dense_cols = []
+        for f in self._spec.dense_features:
+            col, rep = self._encode_numeric(table, f)
+            dense_cols.append(col)
+            report["features"][f.name] = rep
+        dense = np.stack(dense_cols, axis=1).astype(np.float32) if dense_cols else np.zeros((n, 0), np.float32)
+        labels = np.zeros((n, len(self._spec.tasks)), np.float32)
+        masks = np.zeros((n, len(self._spec.tasks)), np.float32)
+        for k, t in enumerate(self._spec.tasks):
+            y, m, rep = self._encode_label(table, t)
+            labels[:, k] = y
+            masks[:, k] = m
+            report["tasks"][t.name] = rep
+        return EncodedData(keys, values, offsets, dense, labels, masks, report)
+
+    def _encode_sparse(self, table: pa.Table, f: FeatureSpec) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, int]]:
+        arr = _column(table, f.column)
+        rep: Dict[str, int] = {}
+        if f.buckets is not None:
+            x = _as_numeric(arr, f.column)
+            edges = np.asarray(self._state["buckets"][f.name], dtype=np.float64)
+            ids = np.searchsorted(edges, x, side="right").astype(np.int64) + 1
+            missing = ~np.isfinite(x)
+            ids[missing] = 0
+            rep["missing"] = int(missing.sum())
+            return ids, None, rep
+        flat, offs = _flatten(arr, f)
+        if offs is not None:
+            rep["empty_lists"] = int((np.diff(offs) == 0).sum())
+        if f.num_embeddings is not None:
+            if flat.null_count:
+                raise DataError(column=f.column, expected=f"ids in [0, {f.num_embeddings}) on every row (identity mapping)", found=f"{flat.null_count} missing values")
+            ids = _as_numeric(flat, f.column)
+            bad = (ids < 0) | (ids >= f.num_embeddings) | (ids != np.round(ids))
+            if bad.any():
+                raise DataError(
+                    column=f.column,
+                    expected=f"integer ids in [0, {f.num_embeddings}) (identity mapping: num_embeddings)",
+                    found=f"{int(bad.sum())} values outside, e.g. {ids[bad][0]:g}",
+                )
+            return ids.astype(np.int64), offs, rep
+        if f.hash_buckets is not None:
+            ids = _hash(flat, f.hash_buckets)
+            rep["missing"] = int((ids == 0).sum())
+            return ids, offs, rep
+        vocab = self._state["vocabs"][self._spec.table_of(f)]
+        key_type = pa.int64() if vocab["type"] == "int64" else pa.string()
+        keys = _normalize_ids(flat)
+        if keys.type != key_type:
+            keys = keys.cast(pa.string())
+            value_set = pa.array([str(v) for v in vocab["values"]], pa.string())
+        else:
+            value_set = pa.array(vocab["values"], key_type)
+        idx = pc.index_in(keys, value_set=value_set).fill_null(-1)
+        ids = idx.to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        rep["missing"] = int(keys.null_count)
+        rep["out_of_vocabulary"] = int((ids == 0).sum()) - rep["missing"]
+        return ids, offs, rep
+
+    def _encode_numeric(self, table: pa.Table, f: FeatureSpec) -> Tuple[np.ndarray, Dict[str, int]]:
+        x = _as_numeric(_column(table, f.column), f.column)
+        st = self._state["numeric"][f.name]
+        bad = ~np.isfinite(x)
+        rep = {"missing_or_nonfinite_filled": int(bad.sum())}
+        x = np.where(bad, st["fill"], x)
+        if f.normalize == "standard":
+            x = (x - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
+        elif f.normalize == "minmax":
+            span = st["max"] - st["min"]
+            x = (x - st["min"]) / (span if span > 0 else 1.0)
+        elif f.normalize == "log":
+            x = np.sign(x) * np.log1p(np.abs(x))
+        return x, rep
+
+    def _encode_label(self, table: pa.Table, t: TaskSpec) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
+        arr = _column(table, t.label)
+        present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if t.type == "binary" and t.positive is not None:
+            keys = _normalize_ids(arr)
+            pos = [p for p in t.positive]
+            value_set = pa.array([str(p) for p in pos]) if pa.types.is_string(keys.type) else pa.array(pos).cast(keys.type)
+            y = np.asarray(pc.is_in(keys, value_set=value_set).to_numpy(zero_copy_only=False), dtype=np.float64)
+        else:
+            y = _as_numeric(arr, t.label)
+            present &= np.isfinite(y)
+            if t.type == "binary":
+                bad = present & (y != 0) & (y != 1)
+                if bad.any():
+                    raise DataError(
+                        column=t.label,
+                        expected=f"binary labels in {{0, 1}} for task '{t.name}' (or set 'positive: [...]')",
+                        found=f"{int(bad.sum())} other values, e.g. {y[bad][0]:g}",
+                    )
+        in_space = present.copy()
+        if t.sample_space is not None:
+            in_space &= _condition(table, t)
+        y = np.where(in_space, y, 0.0)
+        rep = {"in_sample_space": int(in_space.sum()), "label_missing": int((~present).sum())}
+        return y.astype(np.float32), in_space.astype(np.float32), rep
+
+
+def _condition(table: pa.Table, t: TaskSpec) -> np.ndarray:
+    ss = t.sample_space
+    assert ss is not None
+    arr = _column(table, ss.column)
+    if ss.not_null:
+        mask = arr.is_valid()
+    else:
+        wanted = ss.in_ if ss.in_ is not None else [ss.equals]
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
+            try:
+                value_set = pa.array([float(v) for v in wanted])
+            except (TypeError, ValueError):
+                raise DataError(column=ss.column, expected=f"a value comparable with {arr.type} in tasks '{t.name}' sample_space", found=repr(wanted)) from None
+            mask = pc.is_in(arr.cast(pa.float64()), value_set=value_set)
+        else:
+            mask = pc.is_in(arr.cast(pa.string()), value_set=pa.array([str(v) for v in wanted]))
+    return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)

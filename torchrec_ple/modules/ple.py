@@ -1,0 +1,591 @@
+"""Progressive Layered Extraction (Tang et al., RecSys 2020): CGC levels stacked into PLE."""
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from torchrec_ple.modules.base import MultiTaskHead
+from torchrec_ple.modules.mlp import (
+    ParamSlice,
+    StackedMLP,
+    check_dims,
+    make_activation,
+    make_dropout,
+)
+
+
+class _ExtractionLevel(nn.Module):
+    """What every extraction level shares: expert layout, the deeper expert layers, the gates'
+    softmax and the mixture.
+
+    Experts of a level are numbered task 0's ``m_t`` experts, task 1's, ..., then the ``m_s``
+    shared ones (``E = K * m_t + m_s``). Gates are numbered task 0 .. task K-1, then the shared
+    gate if the level has one (``G`` gates). Gate logits are laid out gate after gate in that
+    order; a task gate's columns are its own experts then the shared ones, the shared gate's
+    columns are all ``E`` experts in expert order.
+
+    The mixture of the whole level is one ``bmm``: the logits are scattered (by a fixed
+    index) into a dense ``(B, G, E)`` matrix whose unseen entries are ``-inf``, so one softmax
+    gives every gate its softmax over exactly the experts it may see and exact zeros elsewhere.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__()
+        k, m_s, m_t = num_tasks, num_shared_experts, num_task_experts
+        self._in_features = in_features
+        self._num_tasks = k
+        self._m_s = m_s
+        self._m_t = m_t
+        self._num_experts = k * m_t + m_s
+        self._num_gates = k + int(has_shared_gate)
+        self._has_shared_gate = has_shared_gate
+        self._first_dim = expert_dims[0]
+        self._expert_width = self._num_experts * self._first_dim
+        self._task_gate_width = m_t + m_s
+        self._gate_widths: List[int] = [m_t + m_s] * k + (
+            [self._num_experts] if has_shared_gate else []
+        )
+        self._gate_offsets: List[int] = [sum(self._gate_widths[:g]) for g in range(self._num_gates)]
+        self._num_logits = sum(self._gate_widths)
+        self._activation = make_activation(activation)
+        self._dropout = make_dropout(dropout)
+        # Deeper layers of all experts at once: one baddbmm per layer.
+        self._tail = StackedMLP(
+            self._num_experts,
+            expert_dims[0],
+            expert_dims[1:],
+            activation,
+            dropout,
+            activate_last=True,
+            shared_input=False,
+        )
+        self._output_dim = expert_dims[-1]
+
+        num_experts = self._num_experts
+        dense_index = torch.full((self._num_gates, num_experts), self._num_logits, dtype=torch.long)
+        seen_index: List[int] = []
+        for g in range(self._num_gates):
+            for p, e in enumerate(self.gate_experts(g)):
+                dense_index[g, e] = self._gate_offsets[g] + p
+                seen_index.append(g * num_experts + e)
+        self.register_buffer("_dense_index", dense_index.view(-1), persistent=False)
+        self.register_buffer(
+            "_seen_index", torch.tensor(seen_index, dtype=torch.long), persistent=False
+        )
+
+    @property
+    def output_dim(self) -> int:
+        return self._output_dim
+
+    @property
+    def has_shared_gate(self) -> bool:
+        return self._has_shared_gate
+
+    def expert_index(self, task: Optional[int], i: int) -> int:
+        """Position of task ``task``'s (``None``: the shared) ``i``-th expert."""
+        if task is None:
+            if not 0 <= i < self._m_s:
+                raise IndexError(f"shared expert {i} out of range (level has {self._m_s})")
+            return self._num_tasks * self._m_t + i
+        if not (0 <= task < self._num_tasks and 0 <= i < self._m_t):
+            raise IndexError(f"task {task} expert {i} out of range")
+        return task * self._m_t + i
+
+    def gate_experts(self, gate: int) -> List[int]:
+        """The experts gate ``gate`` mixes, in its column order."""
+        shared = list(range(self._num_tasks * self._m_t, self._num_experts))
+        if gate == self._num_tasks:
+            return list(range(self._num_experts))
+        own = list(range(gate * self._m_t, (gate + 1) * self._m_t))
+        return own + shared
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        raise NotImplementedError
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        raise NotImplementedError
+
+    def expert_slices(self, expert: int) -> List[ParamSlice]:
+        return self.first_layer_slices(expert) + self._tail.mlp_parameter_slices(expert)
+
+    def _reset(self, *params: Optional[nn.Parameter]) -> None:
+        bound = 1.0 / math.sqrt(self._in_features)
+        for p in params:
+            if p is not None:
+                nn.init.uniform_(p, -bound, bound)
+
+    def _mix(self, first: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            first (torch.Tensor): activated first layer of every expert, ``(E, B, H1)``.
+            logits (torch.Tensor): every gate's logits, ``(B, num_logits)``.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)`` and dense gate weights
+            ``(B, G, E)``.
+        """
+        experts = self._tail(first)  # (E, B, H)
+        padded = torch.cat([logits, torch.full_like(logits[:, :1], float("-inf"))], dim=1)
+        dense = padded.index_select(1, self._dense_index).view(
+            -1, self._num_gates, self._num_experts
+        )
+        gates = torch.softmax(dense, dim=-1)
+        mix = torch.bmm(gates, experts.transpose(0, 1))
+        return mix, gates
+
+    def split_gates(self, gates: torch.Tensor) -> List[torch.Tensor]:
+        """Dense ``(B, G, E)`` gate weights to one ``(B, n_seen)`` tensor per gate."""
+        seen = gates.flatten(1).index_select(1, self._seen_index)
+        return list(seen.split(self._gate_widths, dim=1))
+
+
+class _InputLevel(_ExtractionLevel):
+    """The first level: every expert and gate reads the same input, so the first layer of all
+    experts and all gates' logits are one ``addmm`` against ``fused_weight``, ``(D, E * H1 +
+    num_logits)``: columns ``[e * H1, (e + 1) * H1)`` are expert ``e``'s first layer, the rest
+    the gates' logits in gate order.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__(
+            in_features,
+            num_tasks,
+            num_shared_experts,
+            num_task_experts,
+            expert_dims,
+            activation,
+            dropout,
+            has_shared_gate,
+        )
+        width = self._expert_width + self._num_logits
+        self.fused_weight = nn.Parameter(torch.empty(in_features, width))
+        self.fused_bias = nn.Parameter(torch.empty(width))
+        self._reset(self.fused_weight, self.fused_bias)
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        cols = slice(expert * self._first_dim, (expert + 1) * self._first_dim)
+        return [(self.fused_weight, (slice(None), cols)), (self.fused_bias, (cols,))]
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        start = self._expert_width + self._gate_offsets[gate]
+        cols = slice(start, start + self._gate_widths[gate])
+        return [(self.fused_weight, (slice(None), cols)), (self.fused_bias, (cols,))]
+
+    def forward(
+        self, task_in: torch.Tensor, shared_in: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            task_in (torch.Tensor): the input ``x``, ``(B, D)``.
+            shared_in (torch.Tensor): the same ``x`` (ignored).
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)``, gates ``(B, G, E)``.
+        """
+        fused = torch.addmm(self.fused_bias, task_in, self.fused_weight)
+        first = self._dropout(self._activation(fused[:, : self._expert_width]))
+        first = first.view(-1, self._num_experts, self._first_dim).transpose(0, 1)
+        return self._mix(first, fused[:, self._expert_width :])
+
+
+class _InnerLevel(_ExtractionLevel):
+    """A later level: task ``k``'s experts and gate read task ``k``'s previous mixture, the
+    shared experts and the shared gate read the previous shared mixture. Experts are grouped
+    by input:
+
+    * ``task_weight`` ``(K, D, m_t * H1 + m_t + m_s)``, ``task_bias`` ``(K, ...)``: per task,
+      its experts' first layers then its gate; one ``baddbmm`` over the stacked task inputs.
+    * ``shared_weight`` ``(D, m_s * H1 + [E])``, ``shared_bias``: the shared experts' first
+      layers then (if any) the shared gate; one ``addmm``. ``None`` when empty.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__(
+            in_features,
+            num_tasks,
+            num_shared_experts,
+            num_task_experts,
+            expert_dims,
+            activation,
+            dropout,
+            has_shared_gate,
+        )
+        self._task_expert_width = self._m_t * self._first_dim
+        self._shared_expert_width = self._m_s * self._first_dim
+        task_width = self._task_expert_width + self._task_gate_width
+        self.task_weight = nn.Parameter(torch.empty(num_tasks, in_features, task_width))
+        self.task_bias = nn.Parameter(torch.empty(num_tasks, task_width))
+        shared_width = self._shared_expert_width + (self._num_experts if has_shared_gate else 0)
+        if shared_width > 0:
+            self.shared_weight: Optional[nn.Parameter] = nn.Parameter(
+                torch.empty(in_features, shared_width)
+            )
+            self.shared_bias: Optional[nn.Parameter] = nn.Parameter(torch.empty(shared_width))
+        else:
+            self.register_parameter("shared_weight", None)
+            self.register_parameter("shared_bias", None)
+        self._reset(self.task_weight, self.task_bias, self.shared_weight, self.shared_bias)
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        h1 = self._first_dim
+        num_task_experts = self._num_tasks * self._m_t
+        if expert < num_task_experts:
+            task, i = divmod(expert, self._m_t)
+            cols = slice(i * h1, (i + 1) * h1)
+            return [
+                (self.task_weight, (task, slice(None), cols)),
+                (self.task_bias, (task, cols)),
+            ]
+        assert self.shared_weight is not None and self.shared_bias is not None
+        s = expert - num_task_experts
+        cols = slice(s * h1, (s + 1) * h1)
+        return [(self.shared_weight, (slice(None), cols)), (self.shared_bias, (cols,))]
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        if gate < self._num_tasks:
+            cols = slice(self._task_expert_width, self._task_expert_width + self._task_gate_width)
+            return [
+                (self.task_weight, (gate, slice(None), cols)),
+                (self.task_bias, (gate, cols)),
+            ]
+        assert self.shared_weight is not None and self.shared_bias is not None
+        cols = slice(self._shared_expert_width, self._shared_expert_width + self._num_experts)
+        return [(self.shared_weight, (slice(None), cols)), (self.shared_bias, (cols,))]
+
+    def forward(
+        self, task_in: torch.Tensor, shared_in: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            task_in (torch.Tensor): each task's previous mixture, ``(K, B, D)``.
+            shared_in (torch.Tensor): the previous shared mixture, ``(B, D)``.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)``, gates ``(B, G, E)``.
+        """
+        k, m_t, m_s, h1 = self._num_tasks, self._m_t, self._m_s, self._first_dim
+        per_task = torch.baddbmm(self.task_bias.unsqueeze(1), task_in, self.task_weight)
+        firsts: List[torch.Tensor] = []
+        if m_t > 0:
+            task_first = self._dropout(self._activation(per_task[:, :, : self._task_expert_width]))
+            # (K, B, m_t * H1) -> (K * m_t, B, H1), experts of task 0 first.
+            task_first = task_first.reshape(k, -1, m_t, h1).permute(0, 2, 1, 3)
+            firsts.append(task_first.reshape(k * m_t, -1, h1))
+        logits = [
+            per_task[:, :, self._task_expert_width :].transpose(0, 1).reshape(-1, k * (m_t + m_s))
+        ]
+        shared_weight = self.shared_weight
+        shared_bias = self.shared_bias
+        if shared_weight is not None and shared_bias is not None:
+            shared = torch.addmm(shared_bias, shared_in, shared_weight)
+            if m_s > 0:
+                shared_first = self._dropout(
+                    self._activation(shared[:, : self._shared_expert_width])
+                )
+                firsts.append(shared_first.view(-1, m_s, h1).transpose(0, 1))
+            if self._has_shared_gate:
+                logits.append(shared[:, self._shared_expert_width :])
+        return self._mix(torch.cat(firsts, dim=0), torch.cat(logits, dim=1))
+
+
+class ExtractionNetwork(MultiTaskHead):
+    """Levels of task-specific and shared experts mixed by softmax gates: the engine behind
+    ``PLE``, ``CGC``, ``MMoE`` and ``MultiLevelMMoE``.
+
+    Level ``j`` (counted from 0) has ``num_task_experts`` experts per task and
+    ``num_shared_experts`` shared experts, each an MLP of widths ``expert_dims``
+    (activated after every layer).
+
+    * Level 0: every expert and gate reads ``x``. Level ``j > 0``: task ``k``'s experts and
+      gate read task ``k``'s level ``j - 1`` mixture; the shared experts and the shared gate
+      read the level ``j - 1`` shared mixture.
+    * Task ``k``'s gate is ``softmax(Linear(level input))`` over exactly task ``k``'s experts
+      then the shared experts, and mixes them into task ``k``'s level output.
+    * Every level but the last has a shared gate: a softmax over ALL experts of the level
+      (task 0's, ..., task K-1's, shared), giving the shared mixture the next level reads. A
+      shared gate only exists if something reads it, so ``num_shared_experts == 0`` means no
+      shared gates at all (its mixture would feed no expert).
+    * The task outputs are the last level's task mixtures, each ``(B, expert_dims[-1])``.
+
+    Parameter layout (see ``expert_parameter_slices`` and ``gate_parameter_slices``): level 0
+    keeps all first layers and gates in one matrix, later levels group them by input, and the
+    deeper expert layers are stacked per level; nothing is shared between experts.
+
+    Args:
+        in_features (int): input width ``D``.
+        num_tasks (int): number of tasks ``K``; at least 1.
+        num_levels (int): number of extraction levels; at least 1. Default: 2.
+        num_shared_experts (int): shared experts per level. Default: 1.
+        num_task_experts (int): experts per task per level. Default: 1.
+        expert_dims (List[int]): layer widths of every expert. Default: ``[64, 32]``.
+        activation (str): one of ``relu``, ``gelu``, ``silu``, ``tanh``. Default: ``relu``.
+        dropout (float): dropout after every expert layer. Default: 0.0.
+
+    Example::
+
+        net = ExtractionNetwork(16, num_tasks=2, num_levels=2, expert_dims=[32, 8])
+        outputs, gates = net.forward_with_gates(torch.randn(4, 16))
+        # outputs: two (4, 8) tensors; gates["level0/task0"]: (4, 2), gates["level0/shared"]:
+        # (4, 3), gates["level1/task1"]: (4, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_levels: int = 2,
+        num_shared_experts: int = 1,
+        num_task_experts: int = 1,
+        expert_dims: Optional[List[int]] = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(in_features, num_tasks)
+        expert_dims = check_dims("expert_dims", [64, 32] if expert_dims is None else expert_dims)
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be at least 1, got {num_levels}")
+        if num_shared_experts < 0:
+            raise ValueError(f"num_shared_experts must be >= 0, got {num_shared_experts}")
+        if num_task_experts < 0:
+            raise ValueError(f"num_task_experts must be >= 0, got {num_task_experts}")
+        if num_shared_experts + num_task_experts < 1:
+            raise ValueError(
+                "every task gate mixes num_task_experts + num_shared_experts experts; with "
+                "0 + 0 a gate would see no expert: set at least one of them to 1 or more"
+            )
+        self._num_levels = num_levels
+        self._num_shared_experts = num_shared_experts
+        self._num_task_experts = num_task_experts
+        self._expert_dims = expert_dims
+        levels: List[nn.Module] = []
+        gate_keys: List[str] = []
+        width = in_features
+        for j in range(num_levels):
+            has_shared_gate = j < num_levels - 1 and num_shared_experts > 0
+            level_cls = _InputLevel if j == 0 else _InnerLevel
+            levels.append(
+                level_cls(
+                    width,
+                    num_tasks,
+                    num_shared_experts,
+                    num_task_experts,
+                    expert_dims,
+                    activation,
+                    dropout,
+                    has_shared_gate,
+                )
+            )
+            gate_keys.extend(f"level{j}/task{k}" for k in range(num_tasks))
+            if has_shared_gate:
+                gate_keys.append(f"level{j}/shared")
+            width = expert_dims[-1]
+        self._levels = nn.ModuleList(levels)
+        self._gate_keys: List[str] = gate_keys
+        self._output_dims = [expert_dims[-1]] * num_tasks
+
+    @property
+    def num_levels(self) -> int:
+        """Number of extraction levels."""
+        return self._num_levels
+
+    @property
+    def gate_keys(self) -> List[str]:
+        """Keys of ``forward_with_gates``'s gate dict, level by level, tasks then shared."""
+        return list(self._gate_keys)
+
+    def _level(self, level: int) -> _ExtractionLevel:
+        if not 0 <= level < self._num_levels:
+            raise IndexError(f"level {level} out of range (network has {self._num_levels})")
+        module = self._levels[level]
+        assert isinstance(module, _ExtractionLevel)
+        return module
+
+    def expert_index(self, level: int, task: Optional[int], i: int) -> int:
+        """Position of an expert in its level's order (the order of the shared gate).
+
+        Args:
+            level (int): level, from 0.
+            task (Optional[int]): owning task, or ``None`` for a shared expert.
+            i (int): index among that task's (or the shared) experts.
+        """
+        return self._level(level).expert_index(task, i)
+
+    def expert_parameter_slices(self, level: int, task: Optional[int], i: int) -> List[ParamSlice]:
+        """Where one expert's parameters live.
+
+        Returns ``[(param, idx), ...]`` for each layer's weight then bias: ``param[idx]`` is the
+        weight as ``(in, out)`` (the expert computes ``act(h @ W + b)``) or the bias ``(out,)``.
+        The same ``idx`` applied to ``param.grad`` gives that expert's gradient.
+
+        Args:
+            level (int): level, from 0.
+            task (Optional[int]): owning task, or ``None`` for a shared expert.
+            i (int): index among that task's (or the shared) experts.
+        """
+        module = self._level(level)
+        return module.expert_slices(module.expert_index(task, i))
+
+    def gate_parameter_slices(self, level: int, task: Optional[int]) -> List[ParamSlice]:
+        """Where one gate's ``Linear`` lives: ``[(weight, idx), (bias, idx)]``, the weight as
+        ``(in, n_seen)`` (logits are ``h @ W + b``) with columns in the gate's expert order.
+
+        Args:
+            level (int): level, from 0.
+            task (Optional[int]): the task of a task gate, or ``None`` for the shared gate.
+        """
+        module = self._level(level)
+        if task is None:
+            if not module.has_shared_gate:
+                raise IndexError(f"level {level} has no shared gate")
+            return module.gate_slices(self._num_tasks)
+        if not 0 <= task < self._num_tasks:
+            raise IndexError(f"task {task} out of range")
+        return module.gate_slices(task)
+
+    def _run(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        task_in = x
+        shared_in = x
+        mix = x
+        dense_gates: List[torch.Tensor] = []
+        for level in self._levels:
+            mix, gates = level(task_in, shared_in)
+            dense_gates.append(gates)
+            task_in = mix[:, : self._num_tasks].transpose(0, 1)
+            # The shared gate's mixture is the last row. Without a shared gate the next level
+            # has neither shared experts nor a shared gate and never reads shared_in.
+            shared_in = mix[:, -1]
+        outputs: List[torch.Tensor] = []
+        for k in range(self._num_tasks):
+            outputs.append(mix[:, k])
+        return outputs, dense_gates
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """
+        Args:
+            x (torch.Tensor): ``(B, in_features)``.
+
+        Returns:
+            List[torch.Tensor]: ``num_tasks`` tensors of shape ``(B, expert_dims[-1])``.
+        """
+        outputs, _ = self._run(x)
+        return outputs
+
+    @torch.jit.export
+    def forward_with_gates(
+        self, x: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+        """
+        Args:
+            x (torch.Tensor): ``(B, in_features)``.
+
+        Returns:
+            Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]: the task outputs and each
+            gate's softmax weights ``(B, n_seen)`` keyed by ``gate_keys``; see
+            ``MultiTaskHead`` for the expert order.
+        """
+        outputs, dense_gates = self._run(x)
+        gates: Dict[str, torch.Tensor] = {}
+        i = 0
+        for j, level in enumerate(self._levels):
+            for weights in level.split_gates(dense_gates[j]):
+                gates[self._gate_keys[i]] = weights
+                i += 1
+        return outputs, gates
+
+
+class PLE(ExtractionNetwork):
+    """Progressive Layered Extraction: ``num_levels`` CGC levels with progressive routing.
+
+    Task ``k``'s gate at level ``j`` mixes only task ``k``'s and the shared experts; a task
+    never consults another task's experts. Shared gates (every level but the last) mix all
+    experts and feed the next level's shared experts. See ``ExtractionNetwork`` for the exact
+    routing and parameter layout. ``num_levels=1`` is ``CGC``.
+
+    Args:
+        in_features (int): input width ``D``.
+        num_tasks (int): number of tasks ``K``; at least 1.
+        num_levels (int): number of extraction levels; the paper uses 2. Default: 2.
+        num_shared_experts (int): shared experts per level. Default: 1.
+        num_task_experts (int): experts per task per level. Default: 1.
+        expert_dims (List[int]): layer widths of every expert. Default: ``[64, 32]``.
+        activation (str): one of ``relu``, ``gelu``, ``silu``, ``tanh``. Default: ``relu``.
+        dropout (float): dropout after every expert layer. Default: 0.0.
+
+    Example::
+
+        ple = PLE(16, num_tasks=2, expert_dims=[32, 8])
+        ctr, cvr = ple(torch.randn(4, 16))  # each (4, 8)
+    """
+
+
+class CGC(PLE):
+    """Customized Gate Control: a single-level PLE, ``CGC(...) == PLE(..., num_levels=1)``.
+
+    Args:
+        in_features (int): input width ``D``.
+        num_tasks (int): number of tasks ``K``; at least 1.
+        num_shared_experts (int): shared experts. Default: 1.
+        num_task_experts (int): experts per task. Default: 1.
+        expert_dims (List[int]): layer widths of every expert. Default: ``[64, 32]``.
+        activation (str): one of ``relu``, ``gelu``, ``silu``, ``tanh``. Default: ``relu``.
+        dropout (float): dropout after every expert layer. Default: 0.0.
+
+    Example::
+
+        cgc = CGC(16, num_tasks=2, num_shared_experts=2, expert_dims=[8])
+        outputs, gates = cgc.forward_with_gates(torch.randn(4, 16))
+        # gates: "level0/task0" and "level0/task1", each (4, 3)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int = 1,
+        num_task_experts: int = 1,
+        expert_dims: Optional[List[int]] = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_features,
+            num_tasks,
+            num_levels=1,
+            num_shared_experts=num_shared_experts,
+            num_task_experts=num_task_experts,
+            expert_dims=expert_dims,
+            activation=activation,
+            dropout=dropout,
+        )

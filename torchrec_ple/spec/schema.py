@@ -1,0 +1,381 @@
+"""Typed dataclasses for a torchrec-ple spec.
+
+A spec is one YAML file with five sections: ``data``, ``features``, ``tasks``,
+``model`` and ``train``. :func:`torchrec_ple.spec.load_spec` parses and validates
+the YAML into :class:`Spec`; nothing in this module reads files.
+
+Every field has the YAML key of the same name. Defaults here are the defaults a
+user gets when the key is omitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+# --- vocabularies of allowed values (the loader validates against these) ---
+FEATURE_TYPES = ("categorical", "sequence", "numeric")
+POOLINGS = ("sum", "mean")
+NORMALIZERS = ("none", "standard", "minmax", "log")
+TASK_TYPES = ("binary", "regression")
+ARCHITECTURES = (
+    "single_task",
+    "shared_bottom",
+    "asymmetric",
+    "customized",
+    "cross_stitch",
+    "sluice",
+    "mmoe",
+    "ml_mmoe",
+    "cgc",
+    "ple",
+)
+DENSE_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
+EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+# Fused (fbgemm) embedding optimizers available with the CPU build of fbgemm-gpu.
+CPU_EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+DATA_SOURCES = ("files", "synthetic")
+FILE_FORMATS = ("parquet", "csv")
+WEIGHT_UNITS = ("step", "epoch")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+
+
+@dataclass
+class FileSpec:
+    """One table of raw rows on disk.
+
+    Args:
+        path (Path): Parquet or CSV file or a directory of them; a relative path in
+            YAML is resolved against the spec file's folder.
+        format (Optional[str]): ``parquet`` or ``csv``; inferred from the suffix when
+            omitted.
+        names (Optional[List[str]]): CSV column names for files without a header row.
+        separator (str): CSV field separator. Default: ``,``.
+        na_values (List[str]): CSV strings read as missing. Default: ``[]``.
+        comment (Optional[str]): CSV lines starting with this character are skipped.
+        skip_rows (int): CSV lines to skip at the top. Default: 0.
+    """
+
+    path: Path
+    format: Optional[str] = None
+    names: Optional[List[str]] = None
+    separator: str = ","
+    na_values: List[str] = field(default_factory=list)
+    comment: Optional[str] = None
+    skip_rows: int = 0
+
+
+@dataclass
+class SyntheticSpec:
+    """Parameters of the built-in generator (MMoE/PLE paper recipe plus sparse ids).
+
+    Args:
+        train_rows (int): rows of training data. Default: 50_000.
+        validation_rows (int): rows of validation data. Default: 10_000.
+        correlation (float): cosine between the two tasks' weight vectors, in [-1, 1].
+            Default: 0.5.
+        dim (int): dimension of the Gaussian input x. Default: 32.
+        num_sines (int): number of sine terms ``m``. Default: 10.
+        noise (float): variance of the label noise. Default: 0.01.
+        num_users (int): cardinality of the ``user_id`` column. Default: 2000.
+        num_items (int): cardinality of the ``item_id`` column. Default: 5000.
+        history_len (int): maximum length of the ``history`` list column. Default: 10.
+        seed (int): generator seed. Default: 0.
+    """
+
+    train_rows: int = 50_000
+    validation_rows: int = 10_000
+    correlation: float = 0.5
+    dim: int = 32
+    num_sines: int = 10
+    noise: float = 0.01
+    num_users: int = 2000
+    num_items: int = 5000
+    history_len: int = 10
+    seed: int = 0
+
+
+@dataclass
+class DataSpec:
+    """Where the rows come from.
+
+    Args:
+        source (str): ``files`` or ``synthetic``. Default: ``files``.
+        train (Optional[FileSpec]): training rows (``files`` source).
+        validation (Optional[FileSpec]): validation rows; when omitted, a
+            ``validation_fraction`` of the training rows is held out.
+        validation_fraction (float): held-out fraction when no validation file is
+            given. Default: 0.1.
+        synthetic (SyntheticSpec): generator parameters (``synthetic`` source).
+    """
+
+    source: str = "files"
+    train: Optional[FileSpec] = None
+    validation: Optional[FileSpec] = None
+    validation_fraction: float = 0.1
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+
+
+@dataclass
+class VocabSpec:
+    """Vocabulary fitted on the training data for a categorical/sequence feature.
+
+    Ids seen fewer than ``min_count`` times, unseen ids and missing values map to the
+    out-of-vocabulary row 0.
+
+    Args:
+        min_count (int): minimum frequency to get an own row. Default: 1.
+        max_size (Optional[int]): keep at most this many most frequent values.
+    """
+
+    min_count: int = 1
+    max_size: Optional[int] = None
+
+
+@dataclass
+class BucketSpec:
+    """Bucketize a numeric column into an embedded categorical.
+
+    Args:
+        boundaries (Optional[List[float]]): explicit sorted boundaries.
+        num_buckets (Optional[int]): quantile buckets fitted on training data.
+    """
+
+    boundaries: Optional[List[float]] = None
+    num_buckets: Optional[int] = None
+
+
+@dataclass
+class EmbeddingSpec:
+    """Embedding table settings of a feature.
+
+    Args:
+        dim (Optional[int]): embedding dimension; required once per table. After
+            loading, every sparse feature holds its table's dim.
+        table (Optional[str]): table name; features naming the same table share it.
+            Default: the feature's name (filled in after loading).
+        pooling (Optional[str]): ``sum`` or ``mean`` over a bag; per table, like
+            TorchRec's ``EmbeddingBagConfig``. Default: the table's declared pooling,
+            else ``sum`` (always a str after loading for sparse features).
+        sharding (str): sharding hint for the planner; per table (a non-``auto`` value
+            declared by one feature applies to the whole table). Default: ``auto``.
+    """
+
+    dim: Optional[int] = None
+    table: Optional[str] = None
+    pooling: Optional[str] = None
+    sharding: str = "auto"
+
+
+@dataclass
+class FeatureSpec:
+    """One input feature built from one raw column.
+
+    Args:
+        name (str): feature name (the KeyedJaggedTensor key for sparse features).
+        column (str): raw column name. Default: ``name``.
+        type (str): ``categorical``, ``sequence`` or ``numeric``.
+        vocab (Optional[VocabSpec]): fitted vocabulary (categorical/sequence).
+        hash_buckets (Optional[int]): hash raw values into this many rows instead.
+        num_embeddings (Optional[int]): identity mapping: raw values are already ids
+            in ``[0, num_embeddings)``.
+        max_len (Optional[int]): keep at most the last ``max_len`` items (sequence).
+        separator (Optional[str]): split string cells on this (sequence).
+        normalize (str): numeric normalizer. Default: ``standard``.
+        buckets (Optional[BucketSpec]): bucketize a numeric column into an embedding.
+        fill (Optional[float]): value for missing numeric cells. Default: the training
+            mean (``standard``/``none``) or minimum (``minmax``/``log``).
+        embedding (EmbeddingSpec): embedding settings (sparse features).
+    """
+
+    name: str
+    type: str
+    column: str = ""
+    vocab: Optional[VocabSpec] = None
+    hash_buckets: Optional[int] = None
+    num_embeddings: Optional[int] = None
+    max_len: Optional[int] = None
+    separator: Optional[str] = None
+    normalize: str = "standard"
+    buckets: Optional[BucketSpec] = None
+    fill: Optional[float] = None
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+
+    @property
+    def is_sparse(self) -> bool:
+        """True when the feature feeds an embedding table."""
+        return self.type in ("categorical", "sequence") or self.buckets is not None
+
+
+@dataclass
+class SampleSpaceSpec:
+    """Declarative condition on one column selecting a task's sample space.
+
+    Exactly one of ``equals``, ``in`` (``in_`` here) or ``not_null`` is set.
+    Rows whose label is missing are always outside the sample space.
+
+    Args:
+        column (str): the column tested.
+        equals (Any): keep rows where ``column == equals``.
+        in_ (Optional[List[Any]]): keep rows where ``column`` is one of these
+            (YAML key ``in``).
+        not_null (bool): keep rows where ``column`` is present.
+    """
+
+    column: str
+    equals: Any = None
+    in_: Optional[List[Any]] = None
+    not_null: bool = False
+
+
+@dataclass
+class WeightSpec:
+    """Loss weight schedule ``w(t) = initial * decay ** t``.
+
+    Args:
+        initial (float): ``w_0``. Default: 1.0.
+        decay (float): ``gamma``, in (0, 1]. Default: 1.0 (constant).
+    """
+
+    initial: float = 1.0
+    decay: float = 1.0
+
+
+@dataclass
+class TaskSpec:
+    """One prediction task.
+
+    Args:
+        name (str): task name.
+        label (str): label column.
+        type (str): ``binary`` (logit output, BCE) or ``regression`` (value, MSE).
+        positive (Optional[List[Any]]): for ``binary`` tasks whose label column holds
+            other values: the values counted as 1; everything else present is 0.
+        sample_space (Optional[SampleSpaceSpec]): rows in the task's sample space;
+            default: rows where the label is present.
+        weight (WeightSpec): loss weight schedule.
+    """
+
+    name: str
+    label: str
+    type: str = "binary"
+    positive: Optional[List[Any]] = None
+    sample_space: Optional[SampleSpaceSpec] = None
+    weight: WeightSpec = field(default_factory=WeightSpec)
+
+
+@dataclass
+class ModelSpec:
+    """Multi-task head.
+
+    Args:
+        architecture (str): one of ``ARCHITECTURES``. Default: ``ple``.
+        levels (int): extraction levels (PLE, ML-MMoE). Default: 2.
+        shared_experts (int): shared experts per level. Default: 1.
+        task_experts (int): experts per task per level. Default: 1.
+        expert_dims (List[int]): hidden sizes of each expert MLP. Default: ``[64, 32]``.
+        tower_dims (List[int]): hidden sizes of each task tower. Default: ``[32]``.
+        activation (str): hidden activation. Default: ``relu``.
+        dropout (float): dropout after hidden layers. Default: 0.0.
+    """
+
+    architecture: str = "ple"
+    levels: int = 2
+    shared_experts: int = 1
+    task_experts: int = 1
+    expert_dims: List[int] = field(default_factory=lambda: [64, 32])
+    tower_dims: List[int] = field(default_factory=lambda: [32])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimizerSpec:
+    """An optimizer.
+
+    Args:
+        type (str): optimizer name.
+        lr (float): learning rate.
+        weight_decay (float): L2 penalty. Default: 0.0.
+        eps (float): numerical epsilon. Default: 1e-8.
+    """
+
+    type: str
+    lr: float
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainSpec:
+    """Training loop settings.
+
+    Args:
+        batch_size (int): samples per step (per process). Default: 1024.
+        eval_batch_size (Optional[int]): samples per evaluation step. Default: 4x batch.
+        epochs (int): passes over the training data. Default: 1.
+        dense_optimizer (OptimizerSpec): optimizer of the dense (head) parameters.
+            Default: Adam, lr 1e-3.
+        embedding_optimizer (OptimizerSpec): fused fbgemm optimizer of the embedding
+            tables. Default: row-wise Adagrad, lr 0.05.
+        weight_schedule_unit (str): ``step`` or ``epoch``: what ``t`` counts in
+            ``w_k(t)``. Default: ``step``.
+        seed (int): seed of initialisation and shuffling. Default: 0.
+        num_threads (Optional[int]): torch intra-op threads; default: torch's choice.
+        progress (bool): show a tqdm progress bar. Default: True.
+    """
+
+    batch_size: int = 1024
+    eval_batch_size: Optional[int] = None
+    epochs: int = 1
+    dense_optimizer: OptimizerSpec = field(
+        default_factory=lambda: OptimizerSpec(type="adam", lr=1e-3)
+    )
+    embedding_optimizer: OptimizerSpec = field(
+        default_factory=lambda: OptimizerSpec(type="rowwise_adagrad", lr=0.05)
+    )
+    weight_schedule_unit: str = "step"
+    seed: int = 0
+    num_threads: Optional[int] = None
+    progress: bool = True
+
+
+@dataclass
+class Spec:
+    """A whole validated spec.
+
+    Args:
+        data (DataSpec): where rows come from.
+        features (List[FeatureSpec]): input features.
+        tasks (List[TaskSpec]): prediction tasks.
+        model (ModelSpec): multi-task head.
+        train (TrainSpec): training loop settings.
+        path (Optional[Path]): the YAML file the spec came from.
+        raw (Dict[str, Any]): the YAML mapping after ``--set`` overrides, for the record.
+    """
+
+    data: DataSpec
+    features: List[FeatureSpec]
+    tasks: List[TaskSpec]
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    path: Optional[Path] = None
+    raw: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparse_features(self) -> List[FeatureSpec]:
+        return [f for f in self.features if f.is_sparse]
+
+    @property
+    def dense_features(self) -> List[FeatureSpec]:
+        return [f for f in self.features if not f.is_sparse]
+
+    def table_of(self, feature: FeatureSpec) -> str:
+        """Name of the embedding table a sparse feature looks up."""
+        return feature.embedding.table or feature.name
+
+
+ScalarOverride = Union[str, int, float, bool, None, List[Any], Dict[str, Any]]
+Override = Tuple[str, ScalarOverride]
