@@ -1,6 +1,8 @@
 """Behaviour of the config-free multi-task heads in ``torchrec_ple.modules``."""
 
 import math
+import re
+import textwrap
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import torchrec_ple.modules as mods
 from torchrec_ple.modules import (
     CGC,
     HEADS,
@@ -35,6 +38,16 @@ ARCHS = sorted(HEADS)
 GATED = ("mmoe", "ml_mmoe", "cgc", "ple")
 D = 6
 DIMS = [8, 4]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tensors here are tiny: intra-op threads only add overhead (and on a busy machine,
+    a lot of it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_head(arch: str, num_tasks: int, **kwargs) -> MultiTaskHead:
@@ -659,8 +672,10 @@ def test_task_towers(in_dims, out_dims, stacked) -> None:
     total(ys).backward()
     assert all(p.grad is not None for p in towers.parameters())
     scripted = torch.jit.script(towers)
-    for a, b in zip(scripted(xs), ys):
-        torch.testing.assert_close(a, b)
+    traced = torch.fx.symbolic_trace(towers)
+    for a, b, c in zip(scripted(xs), traced(xs), ys):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(b, c)
 
 
 def test_task_towers_without_hidden_layers_are_linear() -> None:
@@ -668,10 +683,17 @@ def test_task_towers_without_hidden_layers_are_linear() -> None:
     assert sum(p.numel() for p in towers.parameters()) == 2 * (4 * 2 + 2)
 
 
+@pytest.mark.parametrize("name", sorted(n for n in mods.__all__ if callable(getattr(mods, n))))
+def test_docstring_examples_run(name: str) -> None:
+    obj = getattr(mods, name)
+    match = re.search(r"Example::\n\n(.*?)(?:\n\s*\n(?!\s{8})|\Z)", obj.__doc__, re.S)
+    assert match, f"{name} has no Example:: block"
+    namespace = {"torch": torch, **{n: getattr(mods, n) for n in mods.__all__}}
+    exec(textwrap.dedent(match.group(1)), namespace)
+
+
 def test_modules_do_not_import_config_code() -> None:
     import sys
-
-    import torchrec_ple.modules as mods
 
     for name, module in list(sys.modules.items()):
         if name.startswith("torchrec_ple.modules.") and module is not None:

@@ -50,12 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
     _add_spec_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 
     p = sub.add_parser("evaluate", help="evaluate a fitted run on the spec's data")
     _add_spec_args(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
     p.add_argument("--split", choices=["validation", "train"], default="validation")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+    from torchrec_ple.train.compare import add_compare_args
+
+    p = sub.add_parser("compare", help="train several architectures on the same data and compare")
+    _add_spec_args(p)
+    add_compare_args(p)
     return parser
 
 
@@ -87,7 +94,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from torchrec_ple.train.trainer import fit
 
     spec = load_spec(args.spec, args.overrides)
-    metrics = fit(spec, args.out)
+    metrics = fit(spec, args.out, resume=args.resume)
     if _is_main():
         _print_metrics(metrics["tasks"])
         print(f"train: {metrics['train']['samples_per_second']:.0f} samples/s; wrote {args.out}/metrics.json")
@@ -112,10 +119,17 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from torchrec_ple.train.compare import run_compare
+
+    return run_compare(args)
+
+
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate,
     "fit": _cmd_fit,
     "evaluate": _cmd_evaluate,
+    "compare": _cmd_compare,
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,8 @@ from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FeatureSpec, Spec, TaskSpec
 
 FORMAT_VERSION = 1
+# Values kept per quantile-bucketed feature by a streaming fit (8 MB of float64 each).
+DEFAULT_RESERVOIR = 1_000_000
 
 
 @dataclass
@@ -211,61 +213,40 @@ class FeatureTransforms:
 
     # -- fitting
     @classmethod
-    def fit(cls, spec: Spec, table: pa.Table) -> "FeatureTransforms":
-        """Fit every transform on the training ``table``."""
-        state: Dict[str, Any] = {"version": FORMAT_VERSION, "vocabs": {}, "numeric": {}, "buckets": {}}
-        # Vocabularies are per table: features sharing a table share one vocabulary.
-        vocab_parts: Dict[str, List[pa.Array]] = {}
-        for f in spec.features:
-            if f.is_sparse and f.buckets is None and f.hash_buckets is None and f.num_embeddings is None:
-                values, _ = _flatten(_column(table, f.column), f)
-                vocab_parts.setdefault(spec.table_of(f), []).append(_normalize_ids(values))
-        for tname, parts in vocab_parts.items():
-            feats = [f for f in spec.features if f.is_sparse and spec.table_of(f) == tname]
-            vspec = next((f.vocab for f in feats if f.vocab is not None), None)
-            min_count = vspec.min_count if vspec else 1
-            max_size = vspec.max_size if vspec else None
-            if len({p.type for p in parts}) > 1:
-                parts = [p.cast(pa.string()) for p in parts]
-            counts = pc.value_counts(pa.chunked_array(parts).combine_chunks().drop_null())
-            vals = counts.field("values").to_numpy(zero_copy_only=False)
-            cnts = counts.field("counts").to_numpy()
-            keep = cnts >= min_count
-            vals, cnts = vals[keep], cnts[keep]
-            # Stable order: by decreasing count, ties by value, so fits are reproducible.
-            order = np.lexsort((vals.astype(str), -cnts))
-            if max_size is not None:
-                order = order[:max_size]
-            state["vocabs"][tname] = {
-                "type": "int64" if pa.types.is_integer(parts[0].type) else "string",
-                "values": [v.item() if hasattr(v, "item") else v for v in vals[order]],
-            }
-        for f in spec.features:
-            if f.type != "numeric":
-                continue
-            x = _as_numeric(_column(table, f.column), f.column)
-            finite = x[np.isfinite(x)]
-            if finite.size == 0:
-                raise DataError(column=f.column, expected="at least one finite value in the training data", found="none")
-            if f.buckets is not None:
-                if f.buckets.boundaries is not None:
-                    edges = list(f.buckets.boundaries)
-                else:
-                    qs = np.quantile(finite, np.linspace(0, 1, f.buckets.num_buckets + 1)[1:-1])
-                    edges = sorted(set(float(q) for q in qs))
-                state["buckets"][f.name] = edges
-            else:
-                default_fill = float(finite.min()) if f.normalize in ("minmax", "log") else float(finite.mean())
-                fill = float(f.fill) if f.fill is not None else default_fill
-                filled = np.where(np.isfinite(x), x, fill)
-                state["numeric"][f.name] = {
-                    "fill": fill,
-                    "mean": float(filled.mean()),
-                    "std": float(filled.std()),
-                    "min": float(filled.min()),
-                    "max": float(filled.max()),
-                }
-        return cls(spec, state)
+    def fit(cls, spec: Spec, table: pa.Table) -> FeatureTransforms:
+        """Fit every transform on the training ``table`` (``fit_streaming([table])``)."""
+        return cls.fit_streaming(spec, [table])
+
+    @classmethod
+    def fit_streaming(
+        cls,
+        spec: Spec,
+        tables: Iterable[pa.Table],
+        reservoir_size: int = DEFAULT_RESERVOIR,
+        seed: int = 0,
+    ) -> FeatureTransforms:
+        """Fit every transform in one pass over chunks of the training data.
+
+        Vocabulary counts, numeric fill values, mean/std/min/max are exact: the state
+        equals :meth:`fit` on the concatenated chunks (moments up to float64 rounding).
+        Quantile bucket edges (``buckets.num_buckets``) are exact while a feature has at
+        most ``reservoir_size`` finite values; beyond that they are the quantiles of a
+        uniform random sample (a reservoir) of that many values.
+
+        Args:
+            spec (Spec): the spec.
+            tables (Iterable[pa.Table]): chunks of training rows holding at least the
+                columns :func:`fit_columns` names; consumed once.
+            reservoir_size (int): values kept per quantile-bucketed feature. Default: 1M.
+            seed (int): seed of the reservoir sample. Default: 0.
+
+        Returns:
+            FeatureTransforms: the fitted transforms.
+        """
+        acc = _FitAccumulator(spec, reservoir_size, seed)
+        for table in tables:
+            acc.update(table)
+        return cls(spec, acc.state())
 
     # -- persistence
     def save(self, path: str | Path) -> None:
@@ -276,7 +257,7 @@ class FeatureTransforms:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, spec: Spec, path: str | Path) -> "FeatureTransforms":
+    def load(cls, spec: Spec, path: str | Path) -> FeatureTransforms:
         """Read transforms saved by :meth:`save` (plain JSON: nothing is unpickled)."""
         try:
             state = json.loads(Path(path).read_text())
@@ -458,3 +439,229 @@ def _condition(table: pa.Table, t: TaskSpec) -> np.ndarray:
         else:
             mask = pc.is_in(arr.cast(pa.string()), value_set=pa.array([str(v) for v in wanted]))
     return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+def _vocab_features(spec: Spec) -> List[FeatureSpec]:
+    """Sparse features whose ids go through a fitted vocabulary."""
+    return [
+        f
+        for f in spec.features
+        if f.is_sparse and f.buckets is None and f.hash_buckets is None and f.num_embeddings is None
+    ]
+
+
+def fit_columns(spec: Spec) -> List[str]:
+    """The raw columns fitting reads: vocabulary features and numeric features.
+
+    Hashed and identity ids, labels and sample-space columns need no statistics, so a
+    streaming fit pass can skip reading them.
+    """
+    cols = [f.column for f in _vocab_features(spec)]
+    cols += [f.column for f in spec.features if f.type == "numeric"]
+    return list(dict.fromkeys(cols))
+
+
+class _VocabCounter:
+    """Exact value counts of one table's vocabulary, merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._counts: Optional[pa.Table] = None  # columns v (key), c (count)
+
+    def update(self, parts: List[pa.Array]) -> None:
+        # fit() casts every part to string when the parts' key types differ; do the same
+        # here across features and across chunks, so the result matches the one-table fit.
+        types = {p.type for p in parts}
+        if self._counts is not None:
+            types.add(self._counts.schema.field("v").type)
+        if len(types) > 1:
+            parts = [p.cast(pa.string()) for p in parts]
+            if self._counts is not None:
+                self._counts = self._counts.set_column(
+                    0, "v", self._counts.column("v").cast(pa.string())
+                )
+        new = [self._counts] if self._counts is not None else []
+        for p in parts:
+            vc = pc.value_counts(p.drop_null())
+            new.append(
+                pa.table({"v": vc.field("values"), "c": vc.field("counts").cast(pa.int64())})
+            )
+        merged = pa.concat_tables(new)
+        if len(new) > 1:
+            summed = merged.group_by("v").aggregate([("c", "sum")])
+            merged = pa.table({"v": summed.column("v"), "c": summed.column("c_sum")})
+        self._counts = merged
+
+    @property
+    def key_type(self) -> pa.DataType:
+        assert self._counts is not None
+        return self._counts.schema.field("v").type
+
+    def counts(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(values, counts) numpy arrays, in no particular order."""
+        assert self._counts is not None
+        vals = self._counts.column("v").to_numpy()
+        return vals, self._counts.column("c").to_numpy()
+
+
+class _Moments:
+    """Count, mean, M2 (sum of squared deviations), min and max of the finite values,
+    plus the count of non-finite ones; merged per chunk with Chan et al.'s pairwise update,
+    which is exact in exact arithmetic and, unlike raw sums of squares, does not cancel
+    catastrophically when the mean is large next to the spread (timestamps, prices)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.min = np.inf
+        self.max = -np.inf
+        self.n_bad = 0
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        """Add a chunk (float64, NaN where missing); returns its finite values."""
+        ok = np.isfinite(x)
+        finite = x[ok]
+        self.n_bad += int(x.size - finite.size)
+        if finite.size:
+            mb = float(finite.mean())
+            m2b = float(np.square(finite - mb).sum())
+            self.merge(finite.size, mb, m2b)
+            self.min = min(self.min, float(finite.min()))
+            self.max = max(self.max, float(finite.max()))
+        return finite
+
+    def merge(self, nb: int, mb: float, m2b: float) -> None:
+        na = self.n
+        n = na + nb
+        delta = mb - self.mean
+        # For a single chunk this keeps numpy's mean bit for bit (na == 0).
+        self.mean = mb if na == 0 else self.mean + delta * nb / n
+        self.m2 = m2b if na == 0 else self.m2 + m2b + delta * delta * na * nb / n
+        self.n = n
+
+
+class _Reservoir:
+    """A uniform random sample without replacement of at most ``size`` values.
+
+    Every value gets a uniform random key; the sample is the ``size`` smallest keys
+    (bottom-k sampling), which is vectorized and independent of how values are chunked
+    into updates. Candidates above the current k-th key are dropped on arrival, and the
+    rest compacted once they exceed ``size``, so the cost per value is amortized O(1).
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self._size = size
+        self._rng = rng
+        self._vals: List[np.ndarray] = []
+        self._keys: List[np.ndarray] = []
+        self._held = 0
+        self._threshold = np.inf
+
+    def update(self, x: np.ndarray) -> None:
+        keys = self._rng.random(x.size)
+        keep = keys < self._threshold
+        self._vals.append(x[keep])
+        self._keys.append(keys[keep])
+        self._held += int(keep.sum())
+        if self._held > 2 * self._size:
+            self._compact()
+
+    def _compact(self) -> None:
+        vals, keys = np.concatenate(self._vals), np.concatenate(self._keys)
+        if vals.size > self._size:
+            idx = np.argpartition(keys, self._size - 1)[: self._size]
+            vals, keys = vals[idx], keys[idx]
+            self._threshold = float(keys.max())
+        self._vals, self._keys, self._held = [vals], [keys], vals.size
+
+    def values(self) -> np.ndarray:
+        """The sample (every value seen while there were at most ``size``)."""
+        if not self._vals:
+            return np.zeros(0)
+        self._compact()
+        return self._vals[0]
+
+
+class _FitAccumulator:
+    """Streaming statistics of every transform of a spec (see ``fit_streaming``)."""
+
+    def __init__(self, spec: Spec, reservoir_size: int, seed: int) -> None:
+        if reservoir_size < 1:
+            raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
+        self._spec = spec
+        self._vocab_feats = _vocab_features(spec)
+        self._vocabs: Dict[str, _VocabCounter] = {}
+        for f in self._vocab_feats:
+            self._vocabs.setdefault(spec.table_of(f), _VocabCounter())
+        self._numeric = [f for f in spec.features if f.type == "numeric"]
+        self._moments = {f.name: _Moments() for f in self._numeric}
+        self._samples = {
+            f.name: _Reservoir(reservoir_size, np.random.default_rng([seed, i]))
+            for i, f in enumerate(self._numeric)
+            if f.buckets is not None and f.buckets.boundaries is None
+        }
+
+    def update(self, table: pa.Table) -> None:
+        parts: Dict[str, List[pa.Array]] = {}
+        for f in self._vocab_feats:
+            values, _ = _flatten(_column(table, f.column), f)
+            parts.setdefault(self._spec.table_of(f), []).append(_normalize_ids(values))
+        for tname, ps in parts.items():
+            self._vocabs[tname].update(ps)
+        for f in self._numeric:
+            finite = self._moments[f.name].update(_as_numeric(_column(table, f.column), f.column))
+            if f.name in self._samples:
+                self._samples[f.name].update(finite)
+
+    def state(self) -> Dict[str, Any]:
+        spec = self._spec
+        state: Dict[str, Any] = {"version": FORMAT_VERSION, "vocabs": {}, "numeric": {}, "buckets": {}}
+        for tname, counter in self._vocabs.items():
+            feats = [f for f in spec.features if f.is_sparse and spec.table_of(f) == tname]
+            vspec = next((f.vocab for f in feats if f.vocab is not None), None)
+            min_count = vspec.min_count if vspec else 1
+            max_size = vspec.max_size if vspec else None
+            vals, cnts = counter.counts()
+            keep = cnts >= min_count
+            vals, cnts = vals[keep], cnts[keep]
+            # Stable order: by decreasing count, ties by value, so fits are reproducible.
+            order = np.lexsort((vals.astype(str), -cnts))
+            if max_size is not None:
+                order = order[:max_size]
+            state["vocabs"][tname] = {
+                "type": "int64" if pa.types.is_integer(counter.key_type) else "string",
+                "values": [v.item() if hasattr(v, "item") else v for v in vals[order]],
+            }
+        for f in self._numeric:
+            m = self._moments[f.name]
+            if m.n == 0:
+                raise DataError(column=f.column, expected="at least one finite value in the training data", found="none")
+            if f.buckets is not None:
+                if f.buckets.boundaries is not None:
+                    edges = list(f.buckets.boundaries)
+                else:
+                    sample = self._samples[f.name].values()
+                    qs = np.quantile(sample, np.linspace(0, 1, f.buckets.num_buckets + 1)[1:-1])
+                    edges = sorted(set(float(q) for q in qs))
+                state["buckets"][f.name] = edges
+                continue
+            default_fill = m.min if f.normalize in ("minmax", "log") else m.mean
+            fill = float(f.fill) if f.fill is not None else float(default_fill)
+            # Missing cells take the fill value: fold them in as n_bad copies of it.
+            filled = _Moments()
+            filled.merge(m.n, m.mean, m.m2)
+            lo, hi = m.min, m.max
+            if m.n_bad:
+                filled.merge(m.n_bad, fill, 0.0)
+                lo, hi = min(lo, fill), max(hi, fill)
+            state["numeric"][f.name] = {
+                "fill": fill,
+                "mean": float(filled.mean),
+                "std": float(np.sqrt(filled.m2 / filled.n)),
+                "min": float(lo),
+                "max": float(hi),
+            }
+        return state

@@ -43,6 +43,11 @@ class MultiTaskModel(nn.Module):
     ) -> None:
         super().__init__()
         self.ebc = embedding_bag_collection
+        self._feature_names: List[str] = (
+            [f for cfg in embedding_bag_collection.embedding_bag_configs() for f in cfg.feature_names]
+            if embedding_bag_collection is not None
+            else []
+        )
         self._dense_in_features = dense_in_features
         self.head = head
         self.towers = towers
@@ -52,11 +57,13 @@ class MultiTaskModel(nn.Module):
         return len(self.head.output_dims)
 
     def features(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        """The head's input: (B, E + D) pooled embeddings then dense features."""
+        """The head's input: (B, E + D), pooled embeddings in table-config order, then dense."""
         if self.ebc is None:
             return dense
-        pooled = self.ebc(sparse).values()
-        return torch.cat([pooled, dense], dim=1)
+        # A sharded collection may return its features in another order than the
+        # unsharded one (table-wise sharding groups them by rank): select by name.
+        pooled = self.ebc(sparse).to_dict()
+        return torch.cat([pooled[name] for name in self._feature_names] + [dense], dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """

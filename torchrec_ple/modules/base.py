@@ -29,6 +29,12 @@ class MultiTaskHead(nn.Module):
     Args:
         in_features (int): width ``D`` of the input.
         num_tasks (int): number of tasks ``K``; at least 1.
+
+    Example::
+
+        head = PLE(16, num_tasks=2, expert_dims=[8])  # any subclass
+        outputs, gates = head.forward_with_gates(torch.randn(4, 16))
+        assert [y.shape[1] for y in outputs] == head.output_dims
     """
 
     __jit_unused_properties__ = ["output_dims", "num_tasks", "in_features"]

@@ -205,9 +205,11 @@ class _InputLevel(_ExtractionLevel):
             Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)``, gates ``(B, G, E)``.
         """
         fused = torch.addmm(self.fused_bias, task_in, self.fused_weight)
-        first = self._dropout(self._activation(fused[:, : self._expert_width]))
+        # split (not two slices): its backward is one cat instead of zero-filled copies.
+        parts = fused.split([self._expert_width, self._num_logits], dim=1)
+        first = self._dropout(self._activation(parts[0]))
         first = first.view(-1, self._num_experts, self._first_dim).transpose(0, 1)
-        return self._mix(first, fused[:, self._expert_width :])
+        return self._mix(first, parts[1])
 
 
 class _InnerLevel(_ExtractionLevel):
@@ -247,7 +249,10 @@ class _InnerLevel(_ExtractionLevel):
         task_width = self._task_expert_width + self._task_gate_width
         self.task_weight = nn.Parameter(torch.empty(num_tasks, in_features, task_width))
         self.task_bias = nn.Parameter(torch.empty(num_tasks, task_width))
-        shared_width = self._shared_expert_width + (self._num_experts if has_shared_gate else 0)
+        shared_gate_width = self._num_experts if has_shared_gate else 0
+        shared_width = self._shared_expert_width + shared_gate_width
+        self._task_split: List[int] = [self._task_expert_width, self._task_gate_width]
+        self._shared_split: List[int] = [self._shared_expert_width, shared_gate_width]
         if shared_width > 0:
             self.shared_weight: Optional[nn.Parameter] = nn.Parameter(
                 torch.empty(in_features, shared_width)
@@ -297,26 +302,24 @@ class _InnerLevel(_ExtractionLevel):
         """
         k, m_t, m_s, h1 = self._num_tasks, self._m_t, self._m_s, self._first_dim
         per_task = torch.baddbmm(self.task_bias.unsqueeze(1), task_in, self.task_weight)
+        task_parts = per_task.split(self._task_split, dim=2)
         firsts: List[torch.Tensor] = []
         if m_t > 0:
-            task_first = self._dropout(self._activation(per_task[:, :, : self._task_expert_width]))
+            task_first = self._dropout(self._activation(task_parts[0]))
             # (K, B, m_t * H1) -> (K * m_t, B, H1), experts of task 0 first.
             task_first = task_first.reshape(k, -1, m_t, h1).permute(0, 2, 1, 3)
             firsts.append(task_first.reshape(k * m_t, -1, h1))
-        logits = [
-            per_task[:, :, self._task_expert_width :].transpose(0, 1).reshape(-1, k * (m_t + m_s))
-        ]
+        logits = [task_parts[1].transpose(0, 1).reshape(-1, k * (m_t + m_s))]
         shared_weight = self.shared_weight
         shared_bias = self.shared_bias
         if shared_weight is not None and shared_bias is not None:
             shared = torch.addmm(shared_bias, shared_in, shared_weight)
+            shared_parts = shared.split(self._shared_split, dim=1)
             if m_s > 0:
-                shared_first = self._dropout(
-                    self._activation(shared[:, : self._shared_expert_width])
-                )
+                shared_first = self._dropout(self._activation(shared_parts[0]))
                 firsts.append(shared_first.view(-1, m_s, h1).transpose(0, 1))
             if self._has_shared_gate:
-                logits.append(shared[:, self._shared_expert_width :])
+                logits.append(shared_parts[1])
         return self._mix(torch.cat(firsts, dim=0), torch.cat(logits, dim=1))
 
 

@@ -55,7 +55,11 @@ def _render(
         msg += f" (did you mean '{did_you_mean}'?)"
     if hint:
         msg += f" ({hint})"
-    return msg
+    return msg.translate(_ONE_LINE)  # user names may hold line breaks; the message may not
+
+
+# Every character str.splitlines() breaks on, shown escaped.
+_ONE_LINE = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 class SpecError(ValueError):

@@ -587,6 +587,13 @@ class _Checker:
                 self.check_file(fs, P + (name,))
         v = d.validation_fraction
         self.within(P + ("validation_fraction",), 0 <= v < 1, "a number in [0, 1)", v)
+        self.at_least(P + ("shuffle_buffer",), d.shuffle_buffer)
+        self.at_least(P + ("num_workers",), d.num_workers, 0)
+        if d.streaming and d.source != "files":
+            self.err(P + ("streaming",), "streaming only with the 'files' source", "true")
+        if d.streaming and d.validation is None and self.given(P + ("validation_fraction",)):
+            hint = "streaming cannot hold rows out: give data.validation"
+            self.err(P + ("validation_fraction",), "no validation_fraction", format_value(v), hint=hint)
         s, S = d.synthetic, P + ("synthetic",)
         for k in ("train_rows", "validation_rows", "dim", "num_sines", "num_users", "num_items"):
             self.at_least(S + (k,), getattr(s, k))
@@ -905,7 +912,7 @@ class _Checker:
             if kind is not None and kind not in allowed:
                 self.err(
                     self.column_path(i),
-                    f"a {' or '.join(allowed)} column for a {f.type} feature",
+                    f"a column of kind {' or '.join(allowed)} for a {f.type} feature",
                     f"{f.column!r} ({kind})",
                 )
         for i, t in enumerate(tasks):
@@ -931,35 +938,20 @@ class _Checker:
         s, t, a = m.shared_experts, m.task_experts, m.architecture
         if s < 0 or t < 0:
             return
+        gate = None  # (key, expected, found, hint) of an expert-count problem
         if a in ("mmoe", "ml_mmoe") and s < 1:
-            self.err(
-                M + ("shared_experts",),
-                "shared_experts >= 1",
-                str(s),
-                hint="MMoE experts are all shared",
-            )
+            gate = ("shared_experts", "shared_experts >= 1", str(s), "MMoE experts are all shared")
         elif a in ("ple", "cgc") and s + t < 1:
-            self.err(
-                M + ("task_experts",),
-                "task_experts + shared_experts >= 1",
-                f"{t} + {s}",
-                hint="a task gate with no expert",
-            )
+            expected = "task_experts + shared_experts >= 1"
+            gate = ("task_experts", expected, f"{t} + {s}", "a task gate with no expert")
         elif a == "ple" and m.levels > 1 and s < 1:
             hint = "the shared gate of a lower level would be a gate with no expert"
-            self.err(
-                M + ("shared_experts",),
-                "shared_experts >= 1 for ple with levels > 1",
-                str(s),
-                hint=hint,
-            )
+            gate = ("shared_experts", "shared_experts >= 1 for ple with levels > 1", str(s), hint)
         elif s + t < 1:
-            self.err(
-                M + ("shared_experts",),
-                "shared_experts + task_experts >= 1",
-                f"{s} + {t}",
-                hint="no expert at all",
-            )
+            expected = "shared_experts + task_experts >= 1"
+            gate = ("shared_experts", expected, f"{s} + {t}", "no expert at all")
+        if gate is not None:
+            self.err(M + (gate[0],), gate[1], gate[2], hint=gate[3])
 
     def check_train(self, t: TrainSpec) -> None:
         T: KeyPath = ("train",)
@@ -970,6 +962,10 @@ class _Checker:
         self.at_least(T + ("epochs",), t.epochs)
         self.at_least(T + ("seed",), t.seed, 0)
         self.at_least(T + ("num_threads",), t.num_threads)
+        self.at_least(T + ("max_steps",), t.max_steps)
+        self.at_least(T + ("checkpoint_every",), t.checkpoint_every)
+        self.at_least(T + ("keep_checkpoints",), t.keep_checkpoints)
+        self.at_least(T + ("log_every",), t.log_every)
         self.choice(T + ("weight_schedule_unit",), t.weight_schedule_unit, WEIGHT_UNITS)
         for key, choices in (
             ("dense_optimizer", DENSE_OPTIMIZERS),
@@ -978,7 +974,9 @@ class _Checker:
             o, op = getattr(t, key), T + (key,)
             self.choice(op + ("type",), o.type, choices)
             self.within(op + ("lr",), o.lr > 0, "a number > 0", o.lr)
-            self.within(op + ("weight_decay",), o.weight_decay >= 0, "a number >= 0", o.weight_decay)
+            self.within(
+                op + ("weight_decay",), o.weight_decay >= 0, "a number >= 0", o.weight_decay
+            )
             self.within(op + ("eps",), o.eps > 0, "a number > 0", o.eps)
         opt = t.embedding_optimizer.type
         if (
@@ -1057,7 +1055,9 @@ def _collect(
                 _apply_override(raw, key, value, overridden)
         except SpecError as e:  # name where the problem came from
             hint = e.hint or "in --set"
-            errors.append(SpecError(e.key, e.expected, e.found, did_you_mean=e.did_you_mean, hint=hint))
+            errors.append(
+                SpecError(e.key, e.expected, e.found, did_you_mean=e.did_you_mean, hint=hint)
+            )
     base = Path(os.path.abspath(path)).parent if path is not None else Path.cwd()
     checker = _Checker(raw, lines, overridden, file, base)
     spec = checker.build()

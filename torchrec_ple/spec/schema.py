@@ -109,6 +109,15 @@ class DataSpec:
         validation_fraction (float): held-out fraction when no validation file is
             given. Default: 0.1.
         synthetic (SyntheticSpec): generator parameters (``synthetic`` source).
+        streaming (bool): read the ``files`` chunk by chunk instead of loading them:
+            transforms fitted in one streaming pass, rows split over ranks and workers by
+            Parquet row group (CSV: by file), shuffled in a bounded buffer. Needs a
+            ``validation`` file when validation is wanted (no held-out fraction).
+            Default: False.
+        shuffle_buffer (int): rows mixed by the streaming shuffle buffer, per worker.
+            Default: 100_000.
+        num_workers (int): DataLoader worker processes reading streaming data, per rank;
+            0 reads in the training process. Default: 0.
     """
 
     source: str = "files"
@@ -116,6 +125,9 @@ class DataSpec:
     validation: Optional[FileSpec] = None
     validation_fraction: float = 0.1
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    streaming: bool = False
+    shuffle_buffer: int = 100_000
+    num_workers: int = 0
 
 
 @dataclass
@@ -325,6 +337,13 @@ class TrainSpec:
         seed (int): seed of initialisation and shuffling. Default: 0.
         num_threads (Optional[int]): torch intra-op threads; default: torch's choice.
         progress (bool): show a tqdm progress bar. Default: True.
+        max_steps (Optional[int]): stop after this many steps in all (a step budget).
+        checkpoint_every (Optional[int]): also checkpoint every this many steps; a
+            checkpoint is always written at the end of each epoch.
+        keep_checkpoints (int): keep the last this many checkpoints. Default: 2.
+        tensorboard (bool): write TensorBoard scalars under ``<out>/tensorboard``.
+            Default: True.
+        log_every (int): steps between TensorBoard training scalars. Default: 50.
     """
 
     batch_size: int = 1024
@@ -340,6 +359,11 @@ class TrainSpec:
     seed: int = 0
     num_threads: Optional[int] = None
     progress: bool = True
+    max_steps: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    log_every: int = 50
 
 
 @dataclass

@@ -7,7 +7,9 @@ processes: a gloo (CPU) or NCCL (CUDA) process group, TorchRec's planner, and
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -65,8 +67,29 @@ class DistContext:
         return self.rank == 0
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self._fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(f in msg for f in self._fragments)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the known-harmless notices of torch/TorchRec 1.8, each by its exact text."""
+    # TorchRec's own DDP wrapper still passes broadcast_buffers.
+    warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning)
+    # DMP state dicts hold ShardedTensors, which DCP saves fine but flags as deprecated.
+    warnings.filterwarnings("ignore", message=r"Please use DTensor instead", category=FutureWarning)
+    # The train pipeline traces the model with torch.fx.
+    logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropMessages("is_fx_tracing will return true"))
+
+
 def init_distributed() -> DistContext:
     """Join the ``torchrun`` process group, or make a one-process group without it."""
+    quiet_known_warnings()
     use_cuda = torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():

@@ -23,7 +23,13 @@ from torchrec_ple.data.transforms import EncodedData, FeatureTransforms
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import OptimizerSpec, Spec
-from torchrec_ple.train.checkpoint import load_checkpoint, save_checkpoint
+from torchrec_ple.train.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from torchrec_ple.train.distributed import DistContext, init_distributed, shard_model
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
 from torchrec_ple.train.metrics import task_metrics
@@ -31,7 +37,7 @@ from torchrec_ple.train.metrics import task_metrics
 logger = logging.getLogger("torchrec_ple")
 
 TRANSFORMS_FILE = "transforms.json"
-CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
 SPEC_FILE = "spec.yaml"
 
@@ -125,22 +131,114 @@ def evaluate_encoded(spec: Spec, state: TrainState, data: EncodedData) -> Dict[s
     )
 
 
+def _expert_names(spec: Spec, key: str) -> List[str]:
+    """Names of the experts a gate mixes, in the order of ``MultiTaskHead``'s contract."""
+    tasks = [t.name for t in spec.tasks]
+    m = spec.model
+    own = m.task_experts if m.architecture in ("ple", "cgc") else 0
+    shared = [f"shared/{i}" for i in range(m.shared_experts)]
+    who = key.split("/", 1)[1]
+    if who == "shared":
+        return [f"{t}/{i}" for t in tasks for i in range(own)] + shared
+    task = tasks[int(who.removeprefix("task"))]
+    return [f"{task}/{i}" for i in range(own)] + shared
+
+
+@torch.no_grad()
+def gate_summary(spec: Spec, state: TrainState, data: EncodedData, max_rows: int = 50_000) -> Dict[str, Any]:
+    """Mean softmax weight of every gate on (up to ``max_rows`` of) ``data``.
+
+    Returns:
+        Dict[str, Any]: ``{"level{j}/{task|shared}": {"experts": [...], "mean": [...]}}``;
+        empty for heads without gates.
+    """
+    module: MultiTaskTrainModule = state.model.module  # type: ignore[assignment]
+    model = module.model
+    model.eval()
+    bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
+    loader = BatchLoader(data, bs, rank=state.ctx.rank, world_size=state.ctx.world_size)
+    sums: Dict[str, torch.Tensor] = {}
+    rows = torch.zeros(())
+    for i, batch in enumerate(loader):
+        if i * bs * state.ctx.world_size >= max_rows:
+            break
+        batch = batch.to(state.ctx.device)
+        _, gates = model.head.forward_with_gates(model.features(batch.dense, batch.sparse))
+        for key, w in gates.items():
+            sums[key] = sums.get(key, torch.zeros(w.shape[1], dtype=torch.float64)) + w.double().sum(0).cpu()
+        rows += batch.batch_size
+    if state.ctx.world_size > 1:
+        for t in [rows, *sums.values()]:
+            dist.all_reduce(t)
+    gates_out: Dict[str, Any] = {}
+    for key, total in sums.items():
+        label = key.split("/")[0] + "/" + _gate_owner(spec, key)
+        gates_out[label] = {"experts": _expert_names(spec, key), "mean": (total / rows).tolist()}
+    return gates_out
+
+
+def _gate_owner(spec: Spec, key: str) -> str:
+    who = key.split("/", 1)[1]
+    return who if who == "shared" else spec.tasks[int(who.removeprefix("task"))].name
+
+
 def _progress(total: int, epoch: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"epoch {epoch}", unit="batch", disable=not enabled, leave=False)
 
 
-def fit(spec: Spec, out_dir: Path, log: Callable[[str], None] = print) -> Dict[str, Any]:
+class _Scalars:
+    """TensorBoard scalars on rank 0 (a no-op elsewhere or when disabled)."""
+
+    def __init__(self, log_dir: Optional[Path]) -> None:
+        self._writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(log_dir))
+
+    def add(self, values: Dict[str, float], step: int) -> None:
+        if self._writer is not None:
+            for k, v in values.items():
+                self._writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _gather_floats(value: float, ctx: DistContext) -> List[float]:
+    t = torch.tensor([value], dtype=torch.float64)
+    if ctx.world_size == 1:
+        return [value]
+    out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(out, t)
+    return [float(x.item()) for x in out]
+
+
+def fit(
+    spec: Spec, out_dir: Path, log: Callable[[str], None] = print, resume: bool = False
+) -> Dict[str, Any]:
     """Train a spec and evaluate it on its validation data after every epoch.
 
-    Writes ``metrics.json``, the checkpoint, the fitted transforms and the resolved spec
-    into ``out_dir``.
+    Writes into ``out_dir``: ``metrics.json``, ``checkpoints/step_*`` (the last
+    ``train.keep_checkpoints``), the fitted ``transforms.json``, the resolved ``spec.yaml``
+    and TensorBoard scalars. With ``resume``, continues from the newest complete checkpoint
+    (model, fused and dense optimizer state, loss-weight step, data position, RNG) and
+    reuses the saved transforms.
 
     Args:
         spec (Spec): the validated spec.
         out_dir (Path): output directory (created).
         log (Callable[[str], None]): where rank 0's lines go. Default: print.
+        resume (bool): continue from ``out_dir``'s newest checkpoint. Default: False.
 
     Returns:
         Dict[str, Any]: the content of ``metrics.json``.
@@ -151,25 +249,47 @@ def fit(spec: Spec, out_dir: Path, log: Callable[[str], None] = print) -> Dict[s
     out_dir = Path(out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out_dir / CHECKPOINT_DIR
+    resume_from = latest_checkpoint(ckpt_root) if resume else None
+    if resume and resume_from is None and ctx.is_main:
+        log(f"resume: no complete checkpoint under {ckpt_root}; starting from scratch")
 
     t0 = time.perf_counter()
     train_table, valid_table = load_tables(spec)
-    transforms = FeatureTransforms.fit(spec, train_table)
+    if resume_from is not None:
+        transforms = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
+    else:
+        transforms = FeatureTransforms.fit(spec, train_table)
     train_data = transforms.encode(train_table)
     valid_data = transforms.encode(valid_table) if valid_table.num_rows else None
+    del train_table, valid_table
     _check_sample_spaces(spec, train_data)
     prep_seconds = time.perf_counter() - t0
     if ctx.is_main:
-        transforms.save(out_dir / TRANSFORMS_FILE)
+        if resume_from is None:
+            transforms.save(out_dir / TRANSFORMS_FILE)
         (out_dir / SPEC_FILE).write_text(yaml.safe_dump(_jsonable(spec.raw), sort_keys=False))
         log(
-            f"data: {train_data.num_rows} train / {valid_data.num_rows if valid_data else 0} validation rows, "
-            f"{len(transforms.tables())} tables, {transforms.dense_dim} dense features ({prep_seconds:.1f}s)"
+            f"data: {train_data.num_rows} train / {valid_data.num_rows if valid_data else 0} "
+            f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
+            f"features ({prep_seconds:.1f}s)"
         )
 
     state = build_state(spec, transforms, ctx)
     if ctx.is_main:
-        log(f"model: {spec.model.architecture}, {_count_params(state)} parameters")
+        log(f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size {ctx.world_size}")
+    history: List[Dict[str, Any]] = []
+    step, epoch0, batch0 = 0, 0, 0
+    if resume_from is not None:
+        # Adam's state only exists after a first step: create it, or loading skips it silently.
+        state.optimizer.init_state()
+        saved = load_checkpoint(resume_from, state.model, state.optimizer)
+        step, epoch0, batch0 = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        history = saved.get("history", [])
+        torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
+        if ctx.is_main:
+            log(f"resumed from {resume_from.name}: epoch {epoch0}, batch {batch0}, step {step}")
+
     module: MultiTaskTrainModule = state.model.module  # type: ignore[assignment]
     pipeline = TrainPipelineSparseDist(state.model, state.optimizer, ctx.device)
     schedule = ExponentialLossWeights(
@@ -183,50 +303,90 @@ def fit(spec: Spec, out_dir: Path, log: Callable[[str], None] = print) -> Dict[s
         rank=ctx.rank,
         world_size=ctx.world_size,
     )
+    scalars = _Scalars(out_dir / "tensorboard" if spec.train.tensorboard and ctx.is_main else None)
     task_names = [t.name for t in spec.tasks]
-    history: List[Dict[str, Any]] = []
-    step = 0
     train_seconds = 0.0
     samples = 0
-    for epoch in range(spec.train.epochs):
-        loader.set_epoch(epoch)
+    max_steps = spec.train.max_steps
+    stopped = False
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        trainer_state = {
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "seed": spec.train.seed,
+            "world_size": ctx.world_size,
+            "torch_rng": torch.get_rng_state().tolist(),
+            "history": history,
+        }
+        save_checkpoint(ckpt_root / checkpoint_name(step), state.model, state.optimizer, trainer_state)
+        prune_checkpoints(ckpt_root, spec.train.keep_checkpoints)
+
+    for epoch in range(epoch0, spec.train.epochs):
+        start = batch0 if epoch == epoch0 else 0
+        loader.set_epoch(epoch, start_batch=start)
         batches = iter(loader)
         state.model.train()
         bar = _progress(len(loader), epoch, spec.train.progress and ctx.is_main)
+        bar.update(start)
         loss_sum = torch.zeros(len(spec.tasks))
         n_steps = 0
+        batch_in_epoch = start
         t_epoch = time.perf_counter()
         while True:
+            if max_steps is not None and step >= max_steps:
+                stopped = True
+                break
             t = step if spec.train.weight_schedule_unit == "step" else epoch
-            module.set_task_weights(schedule(t).to(ctx.device))
+            weights = schedule(t)
+            module.set_task_weights(weights.to(ctx.device))
             try:
                 losses, outputs, _, _ = pipeline.progress(batches)
             except StopIteration:
                 break
             step += 1
             n_steps += 1
+            batch_in_epoch += 1
             samples += outputs.shape[0]
-            loss_sum += losses.float().cpu()
-            if n_steps % 10 == 0 or n_steps == len(loader):
+            step_losses = losses.float().cpu()
+            loss_sum += step_losses
+            if n_steps % 10 == 0 or batch_in_epoch == len(loader):
                 bar.set_postfix({n: f"{v:.4f}" for n, v in zip(task_names, (loss_sum / n_steps).tolist())})
             bar.update(1)
+            if step % spec.train.log_every == 0:
+                tb = {f"loss/{n}": float(v) for n, v in zip(task_names, step_losses.tolist())}
+                tb.update({f"weight/{n}": float(v) for n, v in zip(task_names, weights.tolist())})
+                tb["samples_per_second"] = samples / max(train_seconds + time.perf_counter() - t_epoch, 1e-9)
+                scalars.add(tb, step)
+            if spec.train.checkpoint_every and step % spec.train.checkpoint_every == 0:
+                checkpoint(epoch, batch_in_epoch)
         bar.close()
         train_seconds += time.perf_counter() - t_epoch
         pipeline.detach()
+        if stopped and batch_in_epoch < len(loader):
+            checkpoint(epoch, batch_in_epoch)
+            break
         entry: Dict[str, Any] = {
             "epoch": epoch,
             "step": step,
             "train_loss": {n: float(v) for n, v in zip(task_names, (loss_sum / max(n_steps, 1)).tolist())},
-            "task_weights": dict(zip(task_names, schedule(t).tolist())),
+            "task_weights": dict(zip(task_names, schedule(step if spec.train.weight_schedule_unit == "step" else epoch).tolist())),
         }
         if valid_data is not None:
             entry["validation"] = evaluate_encoded(spec, state, valid_data)
+            for name, m in entry["validation"].items():
+                scalars.add({f"validation/{name}/{k}": v for k, v in m.items() if k != "count"}, step)
+        rss = _gather_floats(_rss_mb(), ctx)
+        scalars.add({f"memory_mb/rank{r}": v for r, v in enumerate(rss)}, step)
         history.append(entry)
         if ctx.is_main:
             log(_format_epoch(entry))
+        checkpoint(epoch + 1, 0)
+        if stopped:
+            break
+    scalars.close()
 
-    trainer_state = {"epoch": spec.train.epochs, "step": step, "seed": spec.train.seed}
-    save_checkpoint(out_dir / CHECKPOINT_DIR, state.model, state.optimizer, trainer_state)
     metrics: Dict[str, Any] = {
         "tasks": history[-1].get("validation", {}) if history else {},
         "train": {
@@ -236,10 +396,14 @@ def fit(spec: Spec, out_dir: Path, log: Callable[[str], None] = print) -> Dict[s
             "epochs": spec.train.epochs,
             "world_size": ctx.world_size,
             "data_seconds": prep_seconds,
+            "max_rss_mb_per_rank": _gather_floats(_rss_mb(), ctx),
+            "resumed_from": resume_from.name if resume_from is not None else None,
+            "stopped_at_max_steps": stopped,
         },
         "history": history,
         "data": {"train": train_data.report, "validation": valid_data.report if valid_data else None},
         "model": {"architecture": spec.model.architecture, "parameters": _count_params(state)},
+        "gates": gate_summary(spec, state, valid_data if valid_data is not None else train_data),
     }
     if ctx.is_main:
         (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -255,17 +419,29 @@ def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str
         data (str): ``validation`` or ``train``. Default: validation.
     """
     ctx = init_distributed()
-    run_dir = Path(checkpoint)
-    ckpt = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
-    transforms_path = ckpt.parent / TRANSFORMS_FILE
-    if not transforms_path.is_file():
-        raise DataError(file=str(transforms_path), expected="the transforms.json written by fit", found="nothing")
+    ckpt, transforms_path = resolve_checkpoint(Path(checkpoint))
     transforms = FeatureTransforms.load(spec, transforms_path)
     state = build_state(spec, transforms, ctx)
     load_checkpoint(ckpt, state.model)
     train_table, valid_table = load_tables(spec)
     table = valid_table if data == "validation" else train_table
     return {"tasks": evaluate_encoded(spec, state, transforms.encode(table)), "rows": table.num_rows}
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(checkpoint dir, transforms.json) from a run directory or one checkpoint directory."""
+    if (path / CHECKPOINT_DIR).is_dir():
+        ckpt = latest_checkpoint(path / CHECKPOINT_DIR)
+        run_dir = path
+    else:
+        ckpt = path if (path / "trainer.json").is_file() else None
+        run_dir = path.parent.parent
+    if ckpt is None:
+        raise DataError(file=str(path), expected="a run directory of fit, or one of its checkpoints/step_* folders", found="no complete checkpoint")
+    transforms_path = run_dir / TRANSFORMS_FILE
+    if not transforms_path.is_file():
+        raise DataError(file=str(transforms_path), expected="the transforms.json written by fit", found="nothing")
+    return ckpt, transforms_path
 
 
 def _format_epoch(entry: Dict[str, Any]) -> str:

@@ -1,0 +1,206 @@
+"""Data path: Parquet -> encoded arrays -> batches, against the training step on the same batches.
+
+On the census-like Parquet (as ``benchmarks.fit``), phases are timed alternately in rounds:
+
+* ``read``: ``read_table`` of the training file (the spec's columns);
+* ``fit+encode``: ``FeatureTransforms.fit`` then ``encode`` (vocabularies, normalizers, ids);
+* ``batches``: one epoch of ``BatchLoader`` (shuffled ``build_batch``: KJT, dense, labels);
+* ``train_prebuilt``: ``TrainPipelineSparseDist`` steps over the epoch's batches, built
+  beforehand (the training step alone; fresh KeyedJaggedTensor objects each run, since a
+  reused one keeps the offsets and per-key lengths it computed);
+* ``train_loader``: the same steps fed by the ``BatchLoader`` (as ``fit`` does).
+
+Reported: rows/s of each phase and the data path as % of a training step: batch building
+per step, and batch building plus read + fit + encode spread over one epoch's steps.
+Target: <= 10%.
+
+    python -m benchmarks.data_path [--quick] [--rows N] [--threads N] [--rounds R]
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
+os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+
+# ruff: noqa: E402
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from benchmarks.common import (
+    alternate,
+    apply_threads,
+    base_parser,
+    census_spec,
+    census_valid_rows,
+    data_dir,
+    fmt,
+    markdown_table,
+    median,
+    out_path,
+    paired_ratio,
+    thread_line,
+    write_census,
+    write_yaml,
+)
+from benchmarks.common import write_json as write_result
+from benchmarks.fit import quiet_logs
+from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
+from torchrec_ple.data.sources import read_table, spec_columns
+from torchrec_ple.data.transforms import FeatureTransforms
+from torchrec_ple.spec import load_spec
+from torchrec_ple.train.distributed import init_distributed
+from torchrec_ple.train.trainer import build_state
+
+TARGET_PERCENT = 10.0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = base_parser("data_path", __doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=None, help="training rows (200000)")
+    p.add_argument("--batch", type=int, default=1024, help="batch size")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the Parquet files go")
+    args = p.parse_args(argv)
+    quiet_logs()
+    apply_threads(args.threads)
+    rows = args.rows or (4000 if args.quick else 200_000)
+    rounds = args.rounds or (1 if args.quick else 5)
+    print(thread_line())
+
+    folder = data_dir(args.data_dir)
+    train_path, valid_path = write_census(folder, rows, census_valid_rows(rows), seed=0)
+    spec_path = write_yaml(
+        folder / f"data_path_{rows}_spec.yaml",
+        census_spec(train_path, valid_path, batch_size=args.batch, num_threads=args.threads),
+    )
+    spec = load_spec(spec_path)
+    cols = spec_columns(spec)
+    table = read_table(spec.data.train, cols)
+    transforms = FeatureTransforms.fit(spec, table)
+    data = transforms.encode(table)
+    loader = BatchLoader(data, args.batch, shuffle=True, seed=0)
+    steps = len(loader)
+    prebuilt = list(loader)
+
+    def fresh(batches: List[MultiTaskBatch]) -> List[MultiTaskBatch]:
+        """New batch objects over the same tensors: a KeyedJaggedTensor caches what it
+        computes (offsets, lengths per key) on first use, and a reused one would skip that
+        per-step work."""
+        out = []
+        for b in batches:
+            kjt = b.sparse
+            sparse = KeyedJaggedTensor(
+                keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=kjt.stride()
+            )
+            out.append(MultiTaskBatch(b.dense, sparse, b.labels, b.masks))
+        return out
+
+    ctx = init_distributed()
+    state = build_state(spec, transforms, ctx)
+    state.model.train()
+    pipeline = TrainPipelineSparseDist(state.model, state.optimizer, ctx.device)
+
+    def run_steps(batches: Iterator[MultiTaskBatch]) -> int:
+        n = 0
+        while True:
+            try:
+                pipeline.progress(batches)
+            except StopIteration:
+                break
+            n += 1
+        pipeline.detach()
+        return n
+
+    seconds: Dict[str, List[float]] = {}
+
+    def timed(name: str, work: int, fn: Callable[[], Any]) -> Callable[[], float]:
+        def once() -> float:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            seconds.setdefault(name, []).append(dt)
+            return work / dt
+
+        return once
+
+    def timed_prebuilt() -> Callable[[], float]:
+        def once() -> float:
+            batches = fresh(prebuilt)  # not timed
+            return timed("train_prebuilt", rows, lambda: run_steps(iter(batches)))()
+
+        return once
+
+    epoch = itertools.count()
+
+    def iterate_loader() -> None:
+        loader.set_epoch(next(epoch))
+        for _ in loader:
+            pass
+
+    def train_loader() -> None:
+        loader.set_epoch(next(epoch))
+        run_steps(iter(loader))
+
+    contenders = {
+        "read": timed("read", rows, lambda: read_table(spec.data.train, cols)),
+        "fit+encode": timed(
+            "fit+encode", rows, lambda: FeatureTransforms.fit(spec, table).encode(table)
+        ),
+        "batches": timed("batches", rows, iterate_loader),
+        "train_prebuilt": timed_prebuilt(),
+        "train_loader": timed("train_loader", rows, train_loader),
+    }
+    rates = alternate(contenders, rounds, warmup=True)
+    for name in seconds:  # drop the warm-up call
+        seconds[name] = seconds[name][1:]
+
+    med = {n: median(s) for n, s in seconds.items()}
+    step_s = med["train_prebuilt"] / steps
+    batch_s = med["batches"] / steps
+    load_s = med["read"] + med["fit+encode"]
+    per_step_pct = 100 * batch_s / step_s
+    epoch_pct = 100 * (batch_s + load_s / steps) / step_s
+    in_loop_pct = 100 * (paired_ratio(rates["train_prebuilt"], rates["train_loader"]) - 1)
+
+    headers = ["phase", "rows/s", "seconds (median)", "ms per batch", "% of a train step"]
+    table_rows = []
+    for n in contenders:
+        ms = 1000 * med[n] / steps
+        pct = 100 * (med[n] / steps) / step_s
+        table_rows.append([n, fmt(median(rates[n])), fmt(med[n], 3), fmt(ms, 2), f"{pct:.1f}%"])
+    print()
+    print(markdown_table(headers, table_rows))
+    print()
+    print(f"{rows:,} rows, batch {args.batch}, {steps} steps per epoch")
+    print(f"batch building per step: {per_step_pct:.1f}% of a training step")
+    print(f"measured in the loop (train_loader vs train_prebuilt, paired): {in_loop_pct:+.1f}%")
+    verdict = "PASS" if epoch_pct <= TARGET_PERCENT else "MISS"
+    print(
+        f"read + fit + encode spread over 1 epoch + batch building: {epoch_pct:.1f}% of a "
+        f"training step (target <= {TARGET_PERCENT:g}%): {verdict}"
+    )
+    results = {
+        "rows": rows,
+        "batch": args.batch,
+        "steps_per_epoch": steps,
+        "rows_per_second": rates,
+        "seconds": seconds,
+        "median_seconds": med,
+        "train_step_ms": 1000 * step_s,
+        "batch_build_ms": 1000 * batch_s,
+        "batch_build_percent_of_step": per_step_pct,
+        "in_loop_overhead_percent": in_loop_pct,
+        "data_path_percent_of_step_one_epoch": epoch_pct,
+        "target_percent": TARGET_PERCENT,
+    }
+    path = write_result(out_path("data_path", args), "data_path", args, results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

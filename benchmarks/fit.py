@@ -1,0 +1,235 @@
+"""End-to-end training samples/s through ``torchrec_ple.train.trainer.fit`` (batch building,
+TrainPipelineSparseDist over the DMP model, fused embedding optimizer), and validation AUC.
+
+Datasets (alternated in rounds; medians reported):
+
+* ``census``: census-sized synthetic Parquet (200k training rows, 7 numeric + 32 string
+  categorical columns, ~500 distinct ids in all, two binary labels), PLE 2 levels, 1 shared +
+  1 task expert, experts [64, 32], towers [32], embedding dim 8, batch 1024, Adam 1e-3 (dense);
+  the tables use the fused fbgemm optimizer (``--embedding-optimizer``, default adagrad 0.05:
+  fused Adam does not exist on CPU);
+* ``adult``: UCI Adult with ``feature_specs/adult.yaml`` (``--adult-dir`` with adult.data and
+  adult.test; default: the sample in tests/data/adult), batch 1024, the same model sizes.
+
+samples/s is fit's own ``metrics["train"]["samples_per_second"]``: the training loop only
+(data reading/encoding and evaluation are reported apart). Rows of ``benchmarks/results/
+peers.json`` (``python -m benchmarks.peers``) are merged into the table when present.
+
+    python -m benchmarks.fit [--quick] [--threads N] [--rounds R] [--epochs E]
+                             [--adult-dir DIR] [--datasets census,adult] [--set K=V ...]
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
+os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+
+# ruff: noqa: E402
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from benchmarks.common import (
+    CENSUS_LABELS,
+    REPO_ROOT,
+    RESULTS_DIR,
+    alternate,
+    apply_threads,
+    base_parser,
+    census_spec,
+    census_valid_rows,
+    data_dir,
+    fmt,
+    markdown_table,
+    median,
+    out_path,
+    thread_line,
+    write_census,
+    write_json,
+    write_yaml,
+)
+
+ADULT_SAMPLE = REPO_ROOT / "tests" / "data" / "adult"
+MODEL_OVERRIDES = [
+    "model.architecture=ple",
+    "model.levels=2",
+    "model.shared_experts=1",
+    "model.task_experts=1",
+    "model.expert_dims=[64, 32]",
+    "model.tower_dims=[32]",
+]
+
+
+def quiet_logs() -> None:
+    """Silence the known-harmless TorchRec/fbgemm chatter (precisely, not globally)."""
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(fbgemm_gpu|torchrec)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def adult_files(directory: Path) -> tuple[Path, Path]:
+    """(train, test) files of an Adult folder: adult.data/.test, else the test sample."""
+    directory = Path(directory)
+    for stem in ("adult", "adult_sample"):
+        train, test = directory / f"{stem}.data", directory / f"{stem}.test"
+        if train.is_file() and test.is_file():
+            return train, test
+    raise FileNotFoundError(f"{directory}: no adult.data/adult.test (nor adult_sample.*)")
+
+
+def census_spec_file(args: Any, rows: int, valid_rows: int, epochs: int) -> Path:
+    """Write (or reuse) the census-like Parquet files and a spec YAML for them."""
+    folder = data_dir(args.data_dir)
+    train, valid = write_census(folder, rows, valid_rows, seed=0)
+    opt_type, _, lr = args.embedding_optimizer.partition(":")
+    mapping = census_spec(
+        train,
+        valid,
+        batch_size=1024,
+        epochs=epochs,
+        embedding_optimizer={"type": opt_type, "lr": float(lr or 0.05)},
+        num_threads=args.threads,
+    )
+    return write_yaml(folder / f"census_{rows}_{valid_rows}_spec.yaml", mapping)
+
+
+def run_fit(spec_path: Path, overrides: List[str], verbose: bool = False) -> Dict[str, Any]:
+    """One ``fit`` of a spec into a throwaway folder; its ``metrics.json`` content."""
+    from torchrec_ple.spec import load_spec
+    from torchrec_ple.train.trainer import fit
+
+    spec = load_spec(spec_path, overrides)
+    with tempfile.TemporaryDirectory(prefix="bench_fit_") as out:
+        return fit(spec, Path(out), log=print if verbose else (lambda s: None))
+
+
+def load_peers(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """The peers benchmark's JSON, if there is one."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = base_parser("fit", __doc__.splitlines()[0])
+    p.add_argument("--datasets", default="census,adult", help="comma list of: census, adult")
+    p.add_argument("--rows", type=int, default=None, help="census training rows (200000)")
+    p.add_argument("--valid-rows", type=int, default=None, help="census validation rows (rows / 4)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (census 1; adult: its spec)")
+    p.add_argument("--adult-dir", type=Path, default=ADULT_SAMPLE, help="adult.data/adult.test")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the Parquet files go")
+    p.add_argument(
+        "--embedding-optimizer",
+        default="adagrad:0.05",
+        help="fused table optimizer TYPE[:LR] for census (adagrad | rowwise_adagrad | sgd)",
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("--peers", type=Path, default=RESULTS_DIR / "peers.json", help="merge these")
+    p.add_argument("--verbose", action="store_true", help="print fit's own lines")
+    args = p.parse_args(argv)
+    quiet_logs()
+    apply_threads(args.threads)
+    rows = args.rows or (4000 if args.quick else 200_000)
+    valid_rows = census_valid_rows(rows, args.valid_rows)
+    rounds = args.rounds or (1 if args.quick else 3)
+    census_epochs = args.epochs or 1
+    print(thread_line())
+
+    common = ["train.progress=false", "train.batch_size=1024"] + MODEL_OVERRIDES
+    if args.threads:
+        common.append(f"train.num_threads={args.threads}")
+    specs: Dict[str, tuple[Path, List[str]]] = {}
+    wanted = args.datasets.split(",")
+    if "census" in wanted:
+        specs["census"] = (census_spec_file(args, rows, valid_rows, census_epochs), [])
+    if "adult" in wanted:
+        train, test = adult_files(args.adult_dir)
+        adult = [f"data.train.path={train}", f"data.validation.path={test}"]
+        if args.epochs or args.quick:
+            adult.append(f"train.epochs={args.epochs or 1}")
+        specs["adult"] = (REPO_ROOT / "feature_specs" / "adult.yaml", adult)
+
+    last: Dict[str, Dict[str, Any]] = {}
+    runs: Dict[str, List[Dict[str, Any]]] = {n: [] for n in specs}
+
+    def contender(name: str) -> Any:
+        path, extra = specs[name]
+
+        def once() -> float:
+            m = run_fit(path, common + extra + args.overrides, args.verbose)
+            last[name] = m
+            runs[name].append({"train": m["train"], "tasks": m["tasks"]})
+            return float(m["train"]["samples_per_second"])
+
+        return once
+
+    # No separate warm-up: every fit builds its model afresh, so each round is alike.
+    rates = alternate({n: contender(n) for n in specs}, rounds, warmup=False)
+
+    headers = ["dataset", "rows", "epochs", "samples/s (median)", "min .. max"]
+    headers += ["AUC task 1", "AUC task 2", "prep s", "eval n"]
+    table_rows = []
+    results: Dict[str, Any] = {}
+    for name, r in rates.items():
+        m = last[name]
+        aucs = [t.get("auc") for t in m["tasks"].values()]
+        counts = [t.get("count") for t in m["tasks"].values()]
+        table_rows.append(
+            [
+                f"{name} (torchrec-ple)",
+                fmt(m["data"]["train"]["rows"]),
+                m["train"]["epochs"],
+                fmt(median(r)),
+                f"{fmt(min(r))} .. {fmt(max(r))}",
+                fmt(aucs[0], 4),
+                fmt(aucs[1] if len(aucs) > 1 else None, 4),
+                fmt(m["train"]["data_seconds"], 1),
+                fmt(counts[0]),
+            ]
+        )
+        results[name] = {
+            "samples_per_second": r,
+            "median_samples_per_second": median(r),
+            "tasks": m["tasks"],
+            "train_rows": m["data"]["train"]["rows"],
+            "model": m["model"],
+            "runs": runs[name],
+        }
+    peers = load_peers(args.peers)
+    if peers and "census" in results:
+        for name, pr in peers.get("results", {}).items():
+            if name == "torchrec-ple":
+                continue
+            aucs = [pr.get("auc", {}).get(t) for t in CENSUS_LABELS]
+            ratio = pr.get("torchrec_ple_over_peer")
+            table_rows.append(
+                [
+                    f"census ({name}, peers.py run)",
+                    fmt(pr.get("train_rows")),
+                    pr.get("epochs", "-"),
+                    fmt(pr.get("median_samples_per_second")),
+                    f"torchrec-ple / {name}: {fmt(ratio, 2)}x",
+                    fmt(aucs[0], 4),
+                    fmt(aucs[1], 4),
+                    "-",
+                    "-",
+                ]
+            )
+    print()
+    print(markdown_table(headers, table_rows))
+    if peers and peers.get("census_rows") not in (None, rows):
+        print("(peers.py ran on a different number of rows: compare with care)")
+    path = write_json(out_path("fit", args), "fit", args, {"results": results, "peers": peers})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
