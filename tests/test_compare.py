@@ -50,7 +50,7 @@ def test_compare_cli_writes_json_md_png(tmp_path: Path) -> None:
             assert "gain" in s
         assert (out / arch / "seed1" / "metrics.json").is_file()
         assert not (out / arch / "seed1" / "checkpoints").exists()
-    assert res["architectures"]["single_task"]["tasks"]["y1"]["gain"] == 0.0
+    assert str(res["architectures"]["single_task"]["tasks"]["y1"]["gain"]) == "0.0"
     st, sb = (res["architectures"][a]["tasks"]["y2"] for a in ("single_task", "shared_bottom"))
     assert sb["gain"] == pytest.approx(st["mean"] - sb["mean"])  # MSE: sign flipped
     md = (out / "compare.md").read_text()

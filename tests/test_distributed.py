@@ -29,7 +29,7 @@ def _torchrun(*args: str, settings: list[str]) -> subprocess.CompletedProcess:
     sets = [a for s in settings for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "torchrec_ple", *args, str(SPEC), *sets],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
     )

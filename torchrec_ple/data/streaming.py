@@ -145,6 +145,20 @@ def _csv_profile(path: Path, fs: FileSpec) -> Tuple[int, Tuple[str, ...]]:
     return _CSV_PROFILES[key]
 
 
+def column_names(fs: FileSpec) -> List[str]:
+    """Column names of a dataset: Parquet metadata, or the first CSV file's header."""
+    if file_format(fs) == "parquet":
+        return read_schema(fs).names
+    import pandas as pd
+
+    path = list_files(fs)[0]
+    try:
+        head = pd.read_csv(path, nrows=5, **_csv_kwargs(fs))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(file=str(path), expected="a readable CSV file", found=str(e)) from None
+    return [str(c) for c in head.columns]
+
+
 def _parquet_row_groups(files: Sequence[Path]) -> List[Tuple[str, int, int]]:
     """(file, row group, rows) of every row group, from the files' footers only."""
     out = []
@@ -319,7 +333,7 @@ def fit_transforms(
     if fs is None:
         raise DataError(expected="a 'files' source with data.train for streaming", found="none")
     cols = fit_columns(spec)
-    require_columns(fs, read_schema(fs).names, cols)
+    require_columns(fs, column_names(fs), cols)
     # Nothing to fit (hashed ids only, no numerics): skip reading altogether.
     tables = iter_tables(fs, cols, read_rows) if cols else iter([])
     return FeatureTransforms.fit_streaming(spec, tables, reservoir_size=reservoir_size)
@@ -571,7 +585,7 @@ class StreamingBatches:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         columns = spec_columns(spec)
-        require_columns(fs, read_schema(fs).names, columns)
+        require_columns(fs, column_names(fs), columns)
         plan = plan_fragments(fs, world_size)
         self._rank_rows = [sum(f.num_rows for f in frags) for frags in plan]
         self._batch_size = batch_size
@@ -611,6 +625,11 @@ class StreamingBatches:
         return self._num_batches
 
     @property
+    def batch_size(self) -> int:
+        """Rows of every batch (padding included)."""
+        return self._batch_size
+
+    @property
     def num_rows(self) -> int:
         """Real rows of this rank per epoch."""
         return self._rank_rows[self._rank]
@@ -635,6 +654,9 @@ class StreamingBatches:
             num_workers=self._num_workers,
             collate_fn=_identity,
             multiprocessing_context=self._mp_context,
+            # Its own generator: creating the iterator draws a worker base seed, which
+            # must not advance torch's global RNG (dropout), or a resumed run diverges.
+            generator=torch.Generator().manual_seed(self._seed),
         )
         return iter(loader)
 
@@ -714,6 +736,7 @@ def streaming_loader(
 __all__ = [
     "Fragment",
     "StreamingBatches",
+    "column_names",
     "concat_encoded",
     "fit_transforms",
     "iter_tables",

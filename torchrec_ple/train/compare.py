@@ -397,7 +397,7 @@ def _add_gains(result: Dict[str, Any]) -> None:
             gain = None
             if ref_ok and s["mean"] is not None:
                 diff = s["mean"] - ref["tasks"][name]["mean"]
-                gain = diff if t["higher_is_better"] else -diff
+                gain = (diff if t["higher_is_better"] else -diff) + 0.0  # no -0.0
             s["gain"] = gain
             all_ok = all_ok and gain is not None and gain >= 0
         if ref_ok and all_ok and arch != "single_task":
