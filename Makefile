@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchrec-ple-installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint install adult clean
+.PHONY: demo test lint install clean bench bench-quick bench-peers
 
 $(STAMP): requirements/cpu.txt requirements/torchrec.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,19 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Benchmarks (not part of CI): each prints a table and writes benchmarks/results/*.json.
+bench: $(STAMP)
+	$(PY) -m benchmarks.head
+	$(PY) -m benchmarks.embedding
+	$(PY) -m benchmarks.data_path
+	$(PY) -m benchmarks.fit
+	$(PY) -m benchmarks.scaling
+
+bench-quick: $(STAMP)
+	for b in head embedding data_path fit scaling; do $(PY) -m benchmarks.$$b --quick || exit 1; done
+
+bench-peers: $(STAMP)
+	bash benchmarks/peers_setup.sh
+	$(PY) -m benchmarks.peers
+	$(PY) -m benchmarks.fit

@@ -315,4 +315,8 @@ def test_spec_fields_and_loader_factory(clicklog) -> None:
     with pytest.raises(SpecError, match="shuffle_buffer"):
         parse_spec(SPEC.format(path="x", fmt="parquet", sep="").replace("3000", "0"))
     with pytest.raises(SpecError, match="validation_fraction"):
-        parse_spec(SPEC.format(path="x", fmt="parquet", sep="").replace("3000", "3, validation_fraction: 0.1"))
+        parse_spec(
+            SPEC.format(path="x", fmt="parquet", sep="").replace(
+                "3000", "3, validation_fraction: 0.1"
+            )
+        )

@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["validation", "train"], default="validation")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
+    p = sub.add_parser("export", help="write an unsharded torch.export model and its transforms")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+
+    p = sub.add_parser("predict", help="score a Parquet/CSV file with a fitted run or exported model")
+    _add_spec_args(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="run directory or exported model")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="Parquet file to write")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--keep", action="append", default=[], metavar="COLUMN", help="copy a column (e.g. an id) to the output")
+    p.add_argument("--prefix", default="", help="prefix of the per-task score columns")
+
     from torchrec_ple.train.compare import add_compare_args
 
     p = sub.add_parser("compare", help="train several architectures on the same data and compare")
@@ -119,6 +132,26 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from torchrec_ple.serving.export import export_model
+
+    path = export_model(None, args.checkpoint, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from torchrec_ple.serving.predict import predict_file
+    from torchrec_ple.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    out = predict_file(
+        spec, args.checkpoint, args.input, args.output, args.batch_size, args.keep, prefix=args.prefix
+    )
+    print(f"scored {out['rows']} rows -> {out['output']} (columns {', '.join(out['columns'])})")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from torchrec_ple.train.compare import run_compare
 
@@ -130,6 +163,8 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "fit": _cmd_fit,
     "evaluate": _cmd_evaluate,
     "compare": _cmd_compare,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
 }
 
 

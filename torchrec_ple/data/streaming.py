@@ -455,6 +455,53 @@ class _Remainder:
 
 
 @dataclass
+class _Packed:
+    """A batch as numpy arrays, for the trip from a worker process.
+
+    Tensors would travel as shared-memory segments, one per tensor and batch, which costs
+    more than the batch itself here; numpy arrays are pickled through the pipe instead and
+    wrapped without a copy on arrival.
+    """
+
+    keys: List[str]
+    values: np.ndarray
+    lengths: np.ndarray
+    dense: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+    @classmethod
+    def pack(cls, batch: MultiTaskBatch) -> _Packed:
+        sp = batch.sparse
+        return cls(
+            keys=list(sp.keys()),
+            values=sp.values().numpy(),
+            lengths=sp.lengths().numpy(),
+            dense=batch.dense.numpy(),
+            labels=batch.labels.numpy(),
+            masks=batch.masks.numpy(),
+        )
+
+    def unpack(self) -> MultiTaskBatch:
+        b = self.labels.shape[0]
+        if self.keys:
+            sparse = KeyedJaggedTensor(
+                keys=self.keys,
+                values=torch.from_numpy(self.values),
+                lengths=torch.from_numpy(self.lengths),
+                stride=b,
+            )
+        else:
+            sparse = KeyedJaggedTensor.empty(values_dtype=torch.int64)
+        return MultiTaskBatch(
+            dense=torch.from_numpy(self.dense),
+            sparse=sparse,
+            labels=torch.from_numpy(self.labels),
+            masks=torch.from_numpy(self.masks),
+        )
+
+
+@dataclass
 class _RankStream(IterableDataset):
     """One rank's fragments as full batches, split over the DataLoader's workers.
 
@@ -483,10 +530,11 @@ class _RankStream(IterableDataset):
         state["_files"] = {}
         return state
 
-    def __iter__(self) -> Iterator[Union[MultiTaskBatch, _Remainder]]:
+    def __iter__(self) -> Iterator[Union[_Packed, _Remainder]]:
         info = get_worker_info()
         wid, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        return self.iterate(wid, workers)
+        for item in self.iterate(wid, workers):
+            yield _Packed.pack(item) if isinstance(item, MultiTaskBatch) else item
 
     def iterate(self, worker: int, workers: int) -> Iterator[Union[MultiTaskBatch, _Remainder]]:
         frags = split_fragments(self.fragments, workers)[worker]
@@ -645,7 +693,7 @@ class StreamingBatches:
             "streaming": True,
         }
 
-    def _source(self) -> Iterator[Union[MultiTaskBatch, _Remainder]]:
+    def _source(self) -> Iterator[Union[MultiTaskBatch, _Packed, _Remainder]]:
         if self._num_workers == 0:
             return self._stream.iterate(0, 1)
         loader = DataLoader(
@@ -679,7 +727,7 @@ class StreamingBatches:
             if isinstance(item, _Remainder):
                 remainders.append(item.data)
             else:
-                yield from out(item)
+                yield from out(item.unpack() if isinstance(item, _Packed) else item)
         if remainders:
             # Merge the workers' last rows into full batches; only the very last is partial.
             data = concat_encoded(remainders)

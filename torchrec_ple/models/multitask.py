@@ -34,6 +34,8 @@ class MultiTaskModel(nn.Module):
         out = model(dense, kjt)  # (B, 2)
     """
 
+    __jit_unused_properties__ = ["num_tasks"]
+
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection | None,

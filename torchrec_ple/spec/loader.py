@@ -52,6 +52,7 @@ from torchrec_ple.spec.schema import (
     POOLINGS,
     SHARDING_TYPES,
     TASK_TYPES,
+    LOSS_WEIGHTINGS,
     WEIGHT_UNITS,
     DataSpec,
     FeatureSpec,
@@ -827,6 +828,20 @@ class _Checker:
                     ("tasks", i, "name"), "a unique task name", format_value(t.name), hint=hint
                 )
             seen.setdefault(t.name, i)
+        by_name = {t.name: t for _, t in good}
+        for i, t in good:
+            if t.esmm is None:
+                continue
+            P = ("tasks", i, "esmm")
+            parent = by_name.get(t.esmm)
+            if parent is None or parent is t:
+                close = difflib.get_close_matches(str(t.esmm), [n for n in by_name if n != t.name], n=1)
+                self.err(P, "the name of another (binary CTR) task", format_value(t.esmm),
+                         did_you_mean=close[0] if close else None)
+            elif t.type != "binary" or parent.type != "binary":
+                self.err(P, "ESMM between two binary tasks", f"{t.type} task on {parent.type} task")
+            elif parent.esmm is not None:
+                self.err(P, "a task that is not itself trained through ESMM", format_value(t.esmm))
 
     def check_task(self, t: TaskSpec, P: KeyPath) -> None:
         if not t.name:
@@ -967,6 +982,7 @@ class _Checker:
         self.at_least(T + ("keep_checkpoints",), t.keep_checkpoints)
         self.at_least(T + ("log_every",), t.log_every)
         self.choice(T + ("weight_schedule_unit",), t.weight_schedule_unit, WEIGHT_UNITS)
+        self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS)
         for key, choices in (
             ("dense_optimizer", DENSE_OPTIMIZERS),
             ("embedding_optimizer", EMBEDDING_OPTIMIZERS),

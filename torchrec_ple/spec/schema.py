@@ -39,6 +39,7 @@ SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_paralle
 DATA_SOURCES = ("files", "synthetic")
 FILE_FORMATS = ("parquet", "csv")
 WEIGHT_UNITS = ("step", "epoch")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
@@ -268,6 +269,11 @@ class TaskSpec:
         sample_space (Optional[SampleSpaceSpec]): rows in the task's sample space;
             default: rows where the label is present.
         weight (WeightSpec): loss weight schedule.
+        esmm (Optional[str]): ESMM's entire-space option (Ma et al. 2018): the name of
+            a binary CTR-like task. This task's output stays its own probability (CVR,
+            evaluated on its sample space), but it is trained through
+            ``CTCVR = CTR x CVR`` against ``label(esmm task) * label(this task)`` on
+            every row of the named task's sample space.
     """
 
     name: str
@@ -276,6 +282,7 @@ class TaskSpec:
     positive: Optional[List[Any]] = None
     sample_space: Optional[SampleSpaceSpec] = None
     weight: WeightSpec = field(default_factory=WeightSpec)
+    esmm: Optional[str] = None
 
 
 @dataclass
@@ -334,6 +341,10 @@ class TrainSpec:
             tables. Default: row-wise Adagrad, lr 0.05.
         weight_schedule_unit (str): ``step`` or ``epoch``: what ``t`` counts in
             ``w_k(t)``. Default: ``step``.
+        loss_weighting (str): ``fixed`` (the schedule ``w_k(t)`` alone) or
+            ``uncertainty`` (Kendall et al. 2018: learned ``s_k = log sigma_k^2``, each task
+            contributing ``w_k(t) * (c_k exp(-s_k) L_k + s_k / 2)`` with ``c_k`` = 1 for
+            binary and 1/2 for regression tasks). Default: ``fixed``.
         seed (int): seed of initialisation and shuffling. Default: 0.
         num_threads (Optional[int]): torch intra-op threads; default: torch's choice.
         progress (bool): show a tqdm progress bar. Default: True.
@@ -356,6 +367,7 @@ class TrainSpec:
         default_factory=lambda: OptimizerSpec(type="rowwise_adagrad", lr=0.05)
     )
     weight_schedule_unit: str = "step"
+    loss_weighting: str = "fixed"
     seed: int = 0
     num_threads: Optional[int] = None
     progress: bool = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,25 +57,74 @@ class ExponentialLossWeights:
         return (self._initial * self._decay**t).float()
 
 
+def esmm_ctcvr_loss(
+    ctr_logit: torch.Tensor,
+    cvr_logit: torch.Tensor,
+    ctr_label: torch.Tensor,
+    cvr_label: torch.Tensor,
+    ctr_mask: torch.Tensor,
+) -> torch.Tensor:
+    """ESMM's entire-space loss: BCE of ``pCTCVR = pCTR * pCVR`` against ``click * buy``.
+
+    Args:
+        ctr_logit (torch.Tensor): (B,) CTR logits.
+        cvr_logit (torch.Tensor): (B,) CVR logits.
+        ctr_label (torch.Tensor): (B,) clicks.
+        cvr_label (torch.Tensor): (B,) conversions, 0 outside the CVR sample space.
+        ctr_mask (torch.Tensor): (B,) the CTR task's sample space (the "entire space").
+
+    Returns:
+        torch.Tensor: () the masked mean loss.
+    """
+    # log(pCTR * pCVR) computed in log space for stability: log sigmoid(a) + log sigmoid(b).
+    log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
+    log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
+    y = ctr_label * cvr_label
+    per_sample = -(y * log_p + (1 - y) * log_not_p)
+    return (per_sample * ctr_mask).sum() / ctr_mask.sum().clamp(min=1.0)
+
+
 class MultiTaskTrainModule(nn.Module):
     """Wraps a :class:`MultiTaskModel` into what TorchRec's train pipelines call.
 
     ``forward(batch)`` returns ``(loss, (task_losses, outputs, labels, masks))`` where
-    ``loss = sum_k w_k L_k``; the trainer sets the weights ``w`` before each step with
+    ``loss = sum_k w_k L_k`` (or, with uncertainty weighting, ``sum_k w_k (c_k exp(-s_k)
+    L_k + s_k / 2)`` with learned ``s_k``); the trainer sets ``w`` before each step with
     :meth:`set_task_weights`.
 
     Args:
         model (MultiTaskModel): the model.
         task_types (List[str]): ``binary`` or ``regression`` per task.
+        esmm_parents (Optional[List[int]]): per task, the index of the CTR task it is
+            trained through (ESMM), or -1. Default: none.
+        uncertainty (bool): learn Kendall et al.'s per-task log-variances. Default: False.
     """
 
-    def __init__(self, model: MultiTaskModel, task_types: List[str]) -> None:
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        task_types: List[str],
+        esmm_parents: Optional[List[int]] = None,
+        uncertainty: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
+        k = len(task_types)
+        self._esmm: List[Tuple[int, int]] = [
+            (i, p) for i, p in enumerate(esmm_parents or [-1] * k) if p >= 0
+        ]
         self.register_buffer(
             "_is_binary", torch.tensor([t == "binary" for t in task_types]), persistent=False
         )
-        self.register_buffer("_task_weights", torch.ones(len(task_types)), persistent=False)
+        self.register_buffer("_task_weights", torch.ones(k), persistent=False)
+        onehot = torch.zeros(len(self._esmm), k)
+        for i, (task, _) in enumerate(self._esmm):
+            onehot[i, task] = 1.0
+        self.register_buffer("_esmm_onehot", onehot, persistent=False)
+        self.register_buffer(
+            "_scale", torch.tensor([1.0 if t == "binary" else 0.5 for t in task_types]), persistent=False
+        )
+        self.log_vars: Optional[nn.Parameter] = nn.Parameter(torch.zeros(k)) if uncertainty else None
 
     def set_task_weights(self, weights: torch.Tensor) -> None:
         self._task_weights.copy_(weights)
@@ -85,5 +134,15 @@ class MultiTaskTrainModule(nn.Module):
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         outputs = self.model(batch.dense, batch.sparse)
         losses = masked_task_losses(outputs, batch.labels, batch.masks, self._is_binary)
-        loss = (losses * self._task_weights).sum()
+        for i, (k, p) in enumerate(self._esmm):
+            ctcvr = esmm_ctcvr_loss(
+                outputs[:, p], outputs[:, k], batch.labels[:, p], batch.labels[:, k], batch.masks[:, p]
+            )
+            # Replace entry k without unbinding (keeps the module traceable by torch.fx).
+            losses = losses + self._esmm_onehot[i] * (ctcvr - losses[k])
+        if self.log_vars is not None:
+            weighted = self._scale * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars
+        else:
+            weighted = losses
+        loss = (weighted * self._task_weights).sum()
         return loss, (losses.detach(), outputs.detach(), batch.labels, batch.masks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,13 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
     """Build, shard and wrap the model and its optimizers for a spec."""
     torch.manual_seed(spec.train.seed)
     model = build_model(spec, transforms, device="meta")
-    module = MultiTaskTrainModule(model, [t.type for t in spec.tasks])
+    names = [t.name for t in spec.tasks]
+    module = MultiTaskTrainModule(
+        model,
+        [t.type for t in spec.tasks],
+        esmm_parents=[names.index(t.esmm) if t.esmm else -1 for t in spec.tasks],
+        uncertainty=spec.train.loss_weighting == "uncertainty",
+    )
     dmp = shard_model(
         module, transforms.tables(), ctx, spec.train.embedding_optimizer, spec.train.batch_size
     )
@@ -122,13 +129,21 @@ def evaluate_encoded(spec: Spec, state: TrainState, data: EncodedData) -> Dict[s
     """Per-task metrics of ``data`` over each task's sample space."""
     bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
     preds = predict_encoded(state, data, bs)
-    return task_metrics(
-        preds["outputs"],
-        preds["labels"],
-        preds["masks"],
-        [t.name for t in spec.tasks],
-        [t.type for t in spec.tasks],
+    names = [t.name for t in spec.tasks]
+    result = task_metrics(
+        preds["outputs"], preds["labels"], preds["masks"], names, [t.type for t in spec.tasks]
     )
+    for k, t in enumerate(spec.tasks):
+        if t.esmm:
+            # ESMM's own target: pCTCVR on the entire (CTR) space.
+            p = names.index(t.esmm)
+            out, y, m = preds["outputs"], preds["labels"], preds["masks"]
+            ctcvr_logit = torch.logit(torch.sigmoid(out[:, p]) * torch.sigmoid(out[:, k]), eps=1e-7)
+            extra = task_metrics(
+                ctcvr_logit[:, None], (y[:, p] * y[:, k])[:, None], m[:, p][:, None], ["ctcvr"], ["binary"]
+            )["ctcvr"]
+            result[t.name]["ctcvr_auc"] = extra["auc"]
+    return result
 
 
 def _expert_names(spec: Spec, key: str) -> List[str]:
@@ -251,6 +266,9 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / CHECKPOINT_DIR
     resume_from = latest_checkpoint(ckpt_root) if resume else None
+    if not resume and ctx.is_main and ckpt_root.exists():
+        # A fresh run must never be paired with an older run's newer-numbered checkpoints.
+        shutil.rmtree(ckpt_root)
     if resume and resume_from is None and ctx.is_main:
         log(f"resume: no complete checkpoint under {ckpt_root}; starting from scratch")
 
