@@ -153,7 +153,9 @@ def test_save_load_roundtrip(fitted, tmp_path: Path) -> None:
 def test_bad_binary_label_is_a_clear_error(tmp_path: Path) -> None:
     spec = parse_spec(SPEC, tmp_path / "spec.yaml")
     table = _table().set_column(7, "click", pa.array([1, 0, 2, 1, 0, 0]))
-    with pytest.raises(DataError, match=r"click.*binary labels in \{0, 1\}.*found 1 other values, e.g. 2"):
+    with pytest.raises(
+        DataError, match=r"click.*binary labels in \{0, 1\}.*found 1 other values, e.g. 2"
+    ):
         FeatureTransforms.fit(spec, table).encode(table)
 
 
@@ -223,7 +225,9 @@ tasks: [{name: ctr, label: click}]
 
 
 def test_synthetic_generator_properties() -> None:
-    train, valid = generate(SyntheticSpec(train_rows=20000, validation_rows=100, correlation=0.9, dim=8))
+    train, valid = generate(
+        SyntheticSpec(train_rows=20000, validation_rows=100, correlation=0.9, dim=8)
+    )
     assert train.num_rows == 20000 and valid.num_rows == 100
     click = train.column("click").to_numpy()
     buy = train.column("buy")

@@ -29,9 +29,23 @@ def _torchrun(*args: str, settings: list[str]) -> subprocess.CompletedProcess:
     sets = [a for s in settings for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "torchrec_ple", *args, str(SPEC), *sets],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "torchrec_ple",
+            *args,
+            str(SPEC),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -56,7 +70,7 @@ def test_each_sharding_type_matches_one_process(one_process_run, sharding: str) 
     out, ref = one_process_run
     hints = [f"features[{i}].embedding.sharding={sharding}" for i in (0, 1)]
     r = _torchrun("evaluate", "--checkpoint", str(out), "--json", settings=SETTINGS + hints)
-    got = json.loads(r.stdout[r.stdout.index("{"):])
+    got = json.loads(r.stdout[r.stdout.index("{") :])
     # the 1-process checkpoint is resharded by DCP into 2 ranks; outputs must agree
     _assert_same_metrics(ref["tasks"], got["tasks"], 1e-5)
 
@@ -66,7 +80,9 @@ def test_two_process_training_checkpoint_loads_into_one(tmp_path: Path) -> None:
     _torchrun("fit", "--out", str(tmp_path), settings=SETTINGS + hints + ["train.max_steps=5"])
     _torchrun("fit", "--out", str(tmp_path), "--resume", settings=SETTINGS + hints)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["train"]["world_size"] == 2 and metrics["train"]["resumed_from"] == "step_000000005"
+    assert (
+        metrics["train"]["world_size"] == 2 and metrics["train"]["resumed_from"] == "step_000000005"
+    )
     # 3000 rows / 2 ranks / 128 per batch = 12 steps per rank per epoch
     assert metrics["train"]["steps"] == 12
     assert metrics["tasks"]["cvr"]["count"] == metrics["history"][-1]["validation"]["cvr"]["count"]
@@ -74,5 +90,7 @@ def test_two_process_training_checkpoint_loads_into_one(tmp_path: Path) -> None:
     one = evaluate(load_spec(SPEC, SETTINGS), tmp_path)
     _assert_same_metrics(metrics["tasks"], one["tasks"], 1e-5)
     # ... and training continues in one process from it (model and optimizer resharded)
-    more = fit(load_spec(SPEC, SETTINGS + ["train.epochs=2"]), tmp_path, log=lambda s: None, resume=True)
+    more = fit(
+        load_spec(SPEC, SETTINGS + ["train.epochs=2"]), tmp_path, log=lambda s: None, resume=True
+    )
     assert more["train"]["world_size"] == 1 and more["train"]["steps"] == 12 + 24

@@ -40,7 +40,9 @@ def test_padding_rows_do_not_change_loss() -> None:
     out = torch.randn(5, 1)
     labels = torch.randint(0, 2, (5, 1)).float()
     full = masked_task_losses(out[:3], labels[:3], torch.ones(3, 1), torch.tensor([True]))
-    padded = masked_task_losses(out, labels, torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]]), torch.tensor([True]))
+    padded = masked_task_losses(
+        out, labels, torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]]), torch.tensor([True])
+    )
     assert torch.allclose(full, padded)
 
 
@@ -76,7 +78,9 @@ def test_train_module_esmm_and_uncertainty() -> None:
     torch.manual_seed(0)
     head = PLE(4, 2)
     model = MultiTaskModel(None, 4, head, TaskTowers(head.output_dims, [8]))
-    module = MultiTaskTrainModule(model, ["binary", "binary"], esmm_parents=[-1, 0], uncertainty=True)
+    module = MultiTaskTrainModule(
+        model, ["binary", "binary"], esmm_parents=[-1, 0], uncertainty=True
+    )
     batch = MultiTaskBatch(
         dense=torch.randn(8, 4),
         sparse=KeyedJaggedTensor.empty(values_dtype=torch.int64),
@@ -86,7 +90,9 @@ def test_train_module_esmm_and_uncertainty() -> None:
     loss, (losses, outputs, _, _) = module(batch)
     p = torch.sigmoid(outputs[:, 0]) * torch.sigmoid(outputs[:, 1])
     # the CVR task's reported loss is the entire-space CTCVR loss, on all 8 rows
-    assert torch.allclose(losses[1], F.binary_cross_entropy(p, batch.labels[:, 0] * batch.labels[:, 1]), atol=1e-5)
+    assert torch.allclose(
+        losses[1], F.binary_cross_entropy(p, batch.labels[:, 0] * batch.labels[:, 1]), atol=1e-5
+    )
     loss.backward()
     assert module.log_vars is not None and module.log_vars.grad is not None
     assert torch.all(module.log_vars.grad != 0)

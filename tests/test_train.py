@@ -17,7 +17,9 @@ from torchrec_ple.train.trainer import evaluate, fit
 @pytest.fixture(scope="module")
 def adult_run(tmp_path_factory: pytest.TempPathFactory, adult_overrides: list[str]):
     out = tmp_path_factory.mktemp("adult")
-    spec = load_spec(ROOT / "feature_specs" / "adult.yaml", adult_overrides + ["train.progress=false"])
+    spec = load_spec(
+        ROOT / "feature_specs" / "adult.yaml", adult_overrides + ["train.progress=false"]
+    )
     return spec, out, fit(spec, out, log=lambda s: None)
 
 
@@ -68,13 +70,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_bad_spec_is_one_readable_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    text = (ROOT / "feature_specs" / "synthetic.yaml").read_text().replace("architecture: ple", "architecture: plee")
+    text = (
+        (ROOT / "feature_specs" / "synthetic.yaml")
+        .read_text()
+        .replace("architecture: ple", "architecture: plee")
+    )
     bad.write_text(text)
     r = _cli("validate", str(bad))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
-    assert "model.architecture" in lines[0] and "did you mean 'ple'" in lines[0] and "bad.yaml:" in lines[0]
+    assert (
+        "model.architecture" in lines[0]
+        and "did you mean 'ple'" in lines[0]
+        and "bad.yaml:" in lines[0]
+    )
 
 
 def test_cli_validate_checks_data_columns(tmp_path: Path, adult_overrides: list[str]) -> None:

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
     _add_spec_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a fitted run on the spec's data")
     _add_spec_args(p)
@@ -62,13 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
 
-    p = sub.add_parser("predict", help="score a Parquet/CSV file with a fitted run or exported model")
+    p = sub.add_parser(
+        "predict", help="score a Parquet/CSV file with a fitted run or exported model"
+    )
     _add_spec_args(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="run directory or exported model")
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="Parquet file to write")
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--keep", action="append", default=[], metavar="COLUMN", help="copy a column (e.g. an id) to the output")
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="copy a column (e.g. an id) to the output",
+    )
     p.add_argument("--prefix", default="", help="prefix of the per-task score columns")
 
     from torchrec_ple.train.compare import add_compare_args
@@ -110,7 +120,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     metrics = fit(spec, args.out, resume=args.resume)
     if _is_main():
         _print_metrics(metrics["tasks"])
-        print(f"train: {metrics['train']['samples_per_second']:.0f} samples/s; wrote {args.out}/metrics.json")
+        print(
+            f"train: {metrics['train']['samples_per_second']:.0f} samples/s; wrote {args.out}/metrics.json"
+        )
     return 0
 
 
@@ -146,7 +158,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     out = predict_file(
-        spec, args.checkpoint, args.input, args.output, args.batch_size, args.keep, prefix=args.prefix
+        spec,
+        args.checkpoint,
+        args.input,
+        args.output,
+        args.batch_size,
+        args.keep,
+        prefix=args.prefix,
     )
     print(f"scored {out['rows']} rows -> {out['output']} (columns {', '.join(out['columns'])})")
     return 0

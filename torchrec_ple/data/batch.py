@@ -30,7 +30,7 @@ class MultiTaskBatch(Pipelineable):
     labels: torch.Tensor
     masks: torch.Tensor
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "MultiTaskBatch":
+    def to(self, device: torch.device, non_blocking: bool = False) -> MultiTaskBatch:
         return MultiTaskBatch(
             dense=self.dense.to(device=device, non_blocking=non_blocking),
             sparse=self.sparse.to(device=device, non_blocking=non_blocking),
@@ -44,7 +44,7 @@ class MultiTaskBatch(Pipelineable):
         self.labels.record_stream(stream)
         self.masks.record_stream(stream)
 
-    def pin_memory(self) -> "MultiTaskBatch":
+    def pin_memory(self) -> MultiTaskBatch:
         return MultiTaskBatch(
             dense=self.dense.pin_memory(),
             sparse=self.sparse.pin_memory(),
@@ -57,7 +57,9 @@ class MultiTaskBatch(Pipelineable):
         return int(self.labels.shape[0])
 
 
-def _gather_jagged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _gather_jagged(
+    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Values and lengths of the bags ``rows`` of a jagged array, without a Python loop."""
     starts = offsets[rows]
     lengths = offsets[rows + 1] - starts
@@ -70,7 +72,9 @@ def _gather_jagged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) ->
     return values[pos], lengths
 
 
-def build_batch(data: EncodedData, rows: np.ndarray, valid: Optional[np.ndarray] = None) -> MultiTaskBatch:
+def build_batch(
+    data: EncodedData, rows: np.ndarray, valid: Optional[np.ndarray] = None
+) -> MultiTaskBatch:
     """Gather ``rows`` of encoded data into a batch (vectorized over rows and ids).
 
     Args:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +25,9 @@ def file_format(fs: FileSpec) -> str:
 
 def _check_exists(fs: FileSpec) -> None:
     if not fs.path.exists():
-        raise DataError(file=str(fs.path), expected="an existing file or directory", found="nothing")
+        raise DataError(
+            file=str(fs.path), expected="an existing file or directory", found="nothing"
+        )
 
 
 def read_schema(fs: FileSpec) -> pa.Schema:

@@ -88,7 +88,9 @@ def generate(spec: SyntheticSpec) -> Tuple[pa.Table, pa.Table]:
     def std(v: np.ndarray) -> np.ndarray:
         return (v - v.mean()) / (v.std() + 1e-12)
 
-    click_logit = 1.2 * std(y1) + 0.8 * user_bias[user] + 0.8 * item_bias[item] + 0.6 * hist_mean - 1.0
+    click_logit = (
+        1.2 * std(y1) + 0.8 * user_bias[user] + 0.8 * item_bias[item] + 0.6 * hist_mean - 1.0
+    )
     click = (rng.random(n) < _sigmoid(click_logit)).astype(np.int64)
     buy_logit = 1.2 * std(y2) + 0.8 * user_buy_bias[user] + 0.4 * item_bias[item] - 0.5
     buy = (rng.random(n) < _sigmoid(buy_logit)).astype(np.float64)

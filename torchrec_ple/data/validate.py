@@ -40,7 +40,11 @@ def check_file(spec: Spec, fs: FileSpec) -> str:
                 expected=f"a column usable as a {f.type} feature '{f.name}'",
                 found=str(t),
             )
-        if f.type == "sequence" and not (pa.types.is_list(t) or pa.types.is_large_list(t)) and f.separator is None:
+        if (
+            f.type == "sequence"
+            and not (pa.types.is_list(t) or pa.types.is_large_list(t))
+            and f.separator is None
+        ):
             raise DataError(
                 file=str(fs.path),
                 column=f.column,
@@ -50,7 +54,12 @@ def check_file(spec: Spec, fs: FileSpec) -> str:
     for task in spec.tasks:
         t = schema.field(task.label).type
         if task.type == "regression" and not _usable(t, "numeric"):
-            raise DataError(file=str(fs.path), column=task.label, expected=f"numeric labels for regression task '{task.name}'", found=str(t))
+            raise DataError(
+                file=str(fs.path),
+                column=task.label,
+                expected=f"numeric labels for regression task '{task.name}'",
+                found=str(t),
+            )
         if task.type == "binary" and task.positive is None and not _usable(t, "numeric"):
             raise DataError(
                 file=str(fs.path),

@@ -46,7 +46,9 @@ def build_model(
     ebc = None
     emb_dim = 0
     if tables:
-        ebc = EmbeddingBagCollection(tables=embedding_bag_configs(tables), device=torch.device(device))
+        ebc = EmbeddingBagCollection(
+            tables=embedding_bag_configs(tables), device=torch.device(device)
+        )
         dims = {t.name: t.dim for t in tables}
         emb_dim = sum(dims[spec.table_of(f)] for f in spec.sparse_features)
     dense_dim = transforms.dense_dim

@@ -46,7 +46,11 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.ebc = embedding_bag_collection
         self._feature_names: List[str] = (
-            [f for cfg in embedding_bag_collection.embedding_bag_configs() for f in cfg.feature_names]
+            [
+                f
+                for cfg in embedding_bag_collection.embedding_bag_configs()
+                for f in cfg.feature_names
+            ]
             if embedding_bag_collection is not None
             else []
         )

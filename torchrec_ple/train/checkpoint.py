@@ -85,7 +85,11 @@ def list_checkpoints(root: Path) -> List[Path]:
     """Complete checkpoints under ``root``, oldest first (half-written ``.tmp`` ones are skipped)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / TRAINER_STATE).is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step_") and (p / TRAINER_STATE).is_file()
+    ]
     return sorted(found, key=lambda p: p.name)
 
 

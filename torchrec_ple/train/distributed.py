@@ -80,11 +80,15 @@ class _DropMessages(logging.Filter):
 def quiet_known_warnings() -> None:
     """Silence the known-harmless notices of torch/TorchRec 1.8, each by its exact text."""
     # TorchRec's own DDP wrapper still passes broadcast_buffers.
-    warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning
+    )
     # DMP state dicts hold ShardedTensors, which DCP saves fine but flags as deprecated.
     warnings.filterwarnings("ignore", message=r"Please use DTensor instead", category=FutureWarning)
     # The train pipeline traces the model with torch.fx.
-    logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropMessages("is_fx_tracing will return true"))
+    logging.getLogger("torch.fx._symbolic_trace").addFilter(
+        _DropMessages("is_fx_tracing will return true")
+    )
 
 
 def init_distributed() -> DistContext:

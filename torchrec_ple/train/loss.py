@@ -122,9 +122,13 @@ class MultiTaskTrainModule(nn.Module):
             onehot[i, task] = 1.0
         self.register_buffer("_esmm_onehot", onehot, persistent=False)
         self.register_buffer(
-            "_scale", torch.tensor([1.0 if t == "binary" else 0.5 for t in task_types]), persistent=False
+            "_scale",
+            torch.tensor([1.0 if t == "binary" else 0.5 for t in task_types]),
+            persistent=False,
         )
-        self.log_vars: Optional[nn.Parameter] = nn.Parameter(torch.zeros(k)) if uncertainty else None
+        self.log_vars: Optional[nn.Parameter] = (
+            nn.Parameter(torch.zeros(k)) if uncertainty else None
+        )
 
     def set_task_weights(self, weights: torch.Tensor) -> None:
         self._task_weights.copy_(weights)
@@ -136,7 +140,11 @@ class MultiTaskTrainModule(nn.Module):
         losses = masked_task_losses(outputs, batch.labels, batch.masks, self._is_binary)
         for i, (k, p) in enumerate(self._esmm):
             ctcvr = esmm_ctcvr_loss(
-                outputs[:, p], outputs[:, k], batch.labels[:, p], batch.labels[:, k], batch.masks[:, p]
+                outputs[:, p],
+                outputs[:, k],
+                batch.labels[:, p],
+                batch.labels[:, k],
+                batch.masks[:, p],
             )
             # Replace entry k without unbinding (keeps the module traceable by torch.fx).
             losses = losses + self._esmm_onehot[i] * (ctcvr - losses[k])

@@ -40,11 +40,15 @@ def task_metrics(
         entry: Dict[str, float] = {"count": count}
         if kind == "binary":
             p = torch.sigmoid(outputs[:, k].double())
-            entry["auc"] = float(compute_auc(1, [p.view(1, -1)], [y.view(1, -1)], [w.view(1, -1)])[0])
+            entry["auc"] = float(
+                compute_auc(1, [p.view(1, -1)], [y.view(1, -1)], [w.view(1, -1)])[0]
+            )
             ce = compute_cross_entropy(y, p, w, eta=1e-12).sum()
             pos = (y * w).sum()
             neg = w.sum() - pos
-            entry["ne"] = float(compute_ne(ce, w.sum(), pos, neg, eta=1e-12)) if count else float("nan")
+            entry["ne"] = (
+                float(compute_ne(ce, w.sum(), pos, neg, eta=1e-12)) if count else float("nan")
+            )
         else:
             err = (outputs[:, k].double() - y) ** 2
             entry["mse"] = float((err * w).sum() / w.sum()) if count else float("nan")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -88,7 +87,9 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
     dmp = shard_model(
         module, transforms.tables(), ctx, spec.train.embedding_optimizer, spec.train.batch_size
     )
-    optimizer = CombinedOptimizer([dmp.fused_optimizer, _dense_optimizer(dmp, spec.train.dense_optimizer)])
+    optimizer = CombinedOptimizer(
+        [dmp.fused_optimizer, _dense_optimizer(dmp, spec.train.dense_optimizer)]
+    )
     return TrainState(ctx, dmp, optimizer, transforms)
 
 
@@ -103,7 +104,9 @@ def _check_sample_spaces(spec: Spec, data: EncodedData) -> None:
 
 
 @torch.no_grad()
-def predict_encoded(state: TrainState, data: EncodedData, batch_size: int) -> Dict[str, torch.Tensor]:
+def predict_encoded(
+    state: TrainState, data: EncodedData, batch_size: int
+) -> Dict[str, torch.Tensor]:
     """Outputs, labels and masks of every row of ``data`` (gathered from all ranks)."""
     model = state.model
     model.eval()
@@ -115,7 +118,8 @@ def predict_encoded(state: TrainState, data: EncodedData, batch_size: int) -> Di
         parts["labels"].append(labels.cpu())
         parts["masks"].append(masks.cpu())
     out = {
-        name: torch.cat(ts) if ts else torch.zeros(0, data.labels.shape[1]) for name, ts in parts.items()
+        name: torch.cat(ts) if ts else torch.zeros(0, data.labels.shape[1])
+        for name, ts in parts.items()
     }
     if state.ctx.world_size > 1:
         for name, t in out.items():
@@ -125,7 +129,9 @@ def predict_encoded(state: TrainState, data: EncodedData, batch_size: int) -> Di
     return out
 
 
-def evaluate_encoded(spec: Spec, state: TrainState, data: EncodedData) -> Dict[str, Dict[str, float]]:
+def evaluate_encoded(
+    spec: Spec, state: TrainState, data: EncodedData
+) -> Dict[str, Dict[str, float]]:
     """Per-task metrics of ``data`` over each task's sample space."""
     bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
     preds = predict_encoded(state, data, bs)
@@ -140,7 +146,11 @@ def evaluate_encoded(spec: Spec, state: TrainState, data: EncodedData) -> Dict[s
             out, y, m = preds["outputs"], preds["labels"], preds["masks"]
             ctcvr_logit = torch.logit(torch.sigmoid(out[:, p]) * torch.sigmoid(out[:, k]), eps=1e-7)
             extra = task_metrics(
-                ctcvr_logit[:, None], (y[:, p] * y[:, k])[:, None], m[:, p][:, None], ["ctcvr"], ["binary"]
+                ctcvr_logit[:, None],
+                (y[:, p] * y[:, k])[:, None],
+                m[:, p][:, None],
+                ["ctcvr"],
+                ["binary"],
             )["ctcvr"]
             result[t.name]["ctcvr_auc"] = extra["auc"]
     return result
@@ -160,7 +170,9 @@ def _expert_names(spec: Spec, key: str) -> List[str]:
 
 
 @torch.no_grad()
-def gate_summary(spec: Spec, state: TrainState, data: EncodedData, max_rows: int = 50_000) -> Dict[str, Any]:
+def gate_summary(
+    spec: Spec, state: TrainState, data: EncodedData, max_rows: int = 50_000
+) -> Dict[str, Any]:
     """Mean softmax weight of every gate on (up to ``max_rows`` of) ``data``.
 
     Returns:
@@ -180,7 +192,10 @@ def gate_summary(spec: Spec, state: TrainState, data: EncodedData, max_rows: int
         batch = batch.to(state.ctx.device)
         _, gates = model.head.forward_with_gates(model.features(batch.dense, batch.sparse))
         for key, w in gates.items():
-            sums[key] = sums.get(key, torch.zeros(w.shape[1], dtype=torch.float64)) + w.double().sum(0).cpu()
+            sums[key] = (
+                sums.get(key, torch.zeros(w.shape[1], dtype=torch.float64))
+                + w.double().sum(0).cpu()
+            )
         rows += batch.batch_size
     if state.ctx.world_size > 1:
         for t in [rows, *sums.values()]:
@@ -295,7 +310,9 @@ def fit(
 
     state = build_state(spec, transforms, ctx)
     if ctx.is_main:
-        log(f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size {ctx.world_size}")
+        log(
+            f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size {ctx.world_size}"
+        )
     history: List[Dict[str, Any]] = []
     step, epoch0, batch0 = 0, 0, 0
     if resume_from is not None:
@@ -338,7 +355,9 @@ def fit(
             "torch_rng": torch.get_rng_state().tolist(),
             "history": history,
         }
-        save_checkpoint(ckpt_root / checkpoint_name(step), state.model, state.optimizer, trainer_state)
+        save_checkpoint(
+            ckpt_root / checkpoint_name(step), state.model, state.optimizer, trainer_state
+        )
         prune_checkpoints(ckpt_root, spec.train.keep_checkpoints)
 
     for epoch in range(epoch0, spec.train.epochs):
@@ -370,12 +389,16 @@ def fit(
             step_losses = losses.float().cpu()
             loss_sum += step_losses
             if n_steps % 10 == 0 or batch_in_epoch == len(loader):
-                bar.set_postfix({n: f"{v:.4f}" for n, v in zip(task_names, (loss_sum / n_steps).tolist())})
+                bar.set_postfix(
+                    {n: f"{v:.4f}" for n, v in zip(task_names, (loss_sum / n_steps).tolist())}
+                )
             bar.update(1)
             if step % spec.train.log_every == 0:
                 tb = {f"loss/{n}": float(v) for n, v in zip(task_names, step_losses.tolist())}
                 tb.update({f"weight/{n}": float(v) for n, v in zip(task_names, weights.tolist())})
-                tb["samples_per_second"] = samples / max(train_seconds + time.perf_counter() - t_epoch, 1e-9)
+                tb["samples_per_second"] = samples / max(
+                    train_seconds + time.perf_counter() - t_epoch, 1e-9
+                )
                 scalars.add(tb, step)
             if spec.train.checkpoint_every and step % spec.train.checkpoint_every == 0:
                 checkpoint(epoch, batch_in_epoch)
@@ -388,13 +411,22 @@ def fit(
         entry: Dict[str, Any] = {
             "epoch": epoch,
             "step": step,
-            "train_loss": {n: float(v) for n, v in zip(task_names, (loss_sum / max(n_steps, 1)).tolist())},
-            "task_weights": dict(zip(task_names, schedule(step if spec.train.weight_schedule_unit == "step" else epoch).tolist())),
+            "train_loss": {
+                n: float(v) for n, v in zip(task_names, (loss_sum / max(n_steps, 1)).tolist())
+            },
+            "task_weights": dict(
+                zip(
+                    task_names,
+                    schedule(step if spec.train.weight_schedule_unit == "step" else epoch).tolist(),
+                )
+            ),
         }
         if valid_data is not None:
             entry["validation"] = evaluate_encoded(spec, state, valid_data)
             for name, m in entry["validation"].items():
-                scalars.add({f"validation/{name}/{k}": v for k, v in m.items() if k != "count"}, step)
+                scalars.add(
+                    {f"validation/{name}/{k}": v for k, v in m.items() if k != "count"}, step
+                )
         rss = _gather_floats(_rss_mb(), ctx)
         scalars.add({f"memory_mb/rank{r}": v for r, v in enumerate(rss)}, step)
         history.append(entry)
@@ -419,7 +451,10 @@ def fit(
             "stopped_at_max_steps": stopped,
         },
         "history": history,
-        "data": {"train": train_data.report, "validation": valid_data.report if valid_data else None},
+        "data": {
+            "train": train_data.report,
+            "validation": valid_data.report if valid_data else None,
+        },
         "model": {"architecture": spec.model.architecture, "parameters": _count_params(state)},
         "gates": gate_summary(spec, state, valid_data if valid_data is not None else train_data),
     }
@@ -443,7 +478,10 @@ def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str
     load_checkpoint(ckpt, state.model)
     train_table, valid_table = load_tables(spec)
     table = valid_table if data == "validation" else train_table
-    return {"tasks": evaluate_encoded(spec, state, transforms.encode(table)), "rows": table.num_rows}
+    return {
+        "tasks": evaluate_encoded(spec, state, transforms.encode(table)),
+        "rows": table.num_rows,
+    }
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
@@ -455,10 +493,18 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
         ckpt = path if (path / "trainer.json").is_file() else None
         run_dir = path.parent.parent
     if ckpt is None:
-        raise DataError(file=str(path), expected="a run directory of fit, or one of its checkpoints/step_* folders", found="no complete checkpoint")
+        raise DataError(
+            file=str(path),
+            expected="a run directory of fit, or one of its checkpoints/step_* folders",
+            found="no complete checkpoint",
+        )
     transforms_path = run_dir / TRANSFORMS_FILE
     if not transforms_path.is_file():
-        raise DataError(file=str(transforms_path), expected="the transforms.json written by fit", found="nothing")
+        raise DataError(
+            file=str(transforms_path),
+            expected="the transforms.json written by fit",
+            found="nothing",
+        )
     return ckpt, transforms_path
 
 
