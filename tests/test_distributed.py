@@ -94,3 +94,12 @@ def test_two_process_training_checkpoint_loads_into_one(tmp_path: Path) -> None:
         load_spec(SPEC, SETTINGS + ["train.epochs=2"]), tmp_path, log=lambda s: None, resume=True
     )
     assert more["train"]["world_size"] == 1 and more["train"]["steps"] == 12 + 24
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise", "data_parallel"])
+def test_every_sharding_type_trains_in_two_processes(tmp_path: Path, sharding: str) -> None:
+    hints = [f"features[{i}].embedding.sharding={sharding}" for i in (0, 1)]
+    _torchrun("fit", "--out", str(tmp_path), settings=SETTINGS + hints + ["train.max_steps=4"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 4 and metrics["train"]["world_size"] == 2
+    assert (tmp_path / "checkpoints" / "step_000000004" / "trainer.json").is_file()

@@ -164,9 +164,17 @@ def test_every_row_once_across_ranks_and_workers(clicklog) -> None:
     rng_state = torch.get_rng_state()
     for rank in range(2):
         loader = StreamingBatches(
-            spec, spec.data.train, tr, BATCH, shuffle=True, shuffle_buffer=3000,
-            rank=rank, world_size=2, num_workers=2, read_rows=1000,
-        )  # fmt: skip
+            spec,
+            spec.data.train,
+            tr,
+            BATCH,
+            shuffle=True,
+            shuffle_buffer=3000,
+            rank=rank,
+            world_size=2,
+            num_workers=2,
+            read_rows=1000,
+        )
         batches = _epoch(loader, 1)
         assert len(batches) == len(loader) == -(-ROWS // 2 // BATCH)
         assert all(b.batch_size == BATCH for b in batches)
@@ -230,9 +238,15 @@ def test_streaming_rows_equal_in_memory_loader_rows(clicklog) -> None:
     got = []
     for rank in range(2):
         loader = StreamingBatches(
-            spec, spec.data.train, tr, BATCH, shuffle=True, shuffle_buffer=2000,
-            rank=rank, world_size=2,
-        )  # fmt: skip
+            spec,
+            spec.data.train,
+            tr,
+            BATCH,
+            shuffle=True,
+            shuffle_buffer=2000,
+            rank=rank,
+            world_size=2,
+        )
         got += [r for b in _epoch(loader, 0) for r in _rows(b, keys)]
     assert len(ref) == ROWS and sorted(got) == ref
 

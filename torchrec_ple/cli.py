@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from torchrec_ple.train.compare import add_compare_args
 
+    p = sub.add_parser(
+        "generate-clicklog", help="write synthetic click logs as Parquet (streaming benchmark)"
+    )
+    from torchrec_ple.data.clicklog import add_arguments as clicklog_arguments
+
+    clicklog_arguments(p)
+
     p = sub.add_parser("compare", help="train several architectures on the same data and compare")
     _add_spec_args(p)
     add_compare_args(p)
@@ -176,6 +183,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(args)
 
 
+def _cmd_generate_clicklog(args: argparse.Namespace) -> int:
+    from torchrec_ple.data.clicklog import run
+
+    return run(args)
+
+
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate,
     "fit": _cmd_fit,
@@ -183,6 +196,7 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": _cmd_compare,
     "export": _cmd_export,
     "predict": _cmd_predict,
+    "generate-clicklog": _cmd_generate_clicklog,
 }
 
 

@@ -50,6 +50,7 @@ _USER_CTR, _ITEM_CTR, _USER_CVR, _ITEM_WATCH = 1, 2, 3, 4
 # A prime multiplier scattering Zipf ranks over the id space (a bijection modulo N when
 # coprime with N), so popular ids are not simply the small ones.
 _SCATTER = 2_654_435_761
+DESCRIPTION = "Write synthetic click logs (CTR, CVR on clicks, watch time) as Parquet."
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -194,7 +195,7 @@ def write_clicklog(
         seed (int): row randomness; the hidden per-id biases do not depend on it.
             Default: 0.
         chunk_rows (int): rows generated and held in memory at a time (rounded down to a
-            multiple of ``row_group_size``). Default: 1M.
+            multiple of ``row_group_size``); about 600 MB at the default. Default: 1M.
         max_history (int): longest history list. Default: 20.
 
     Returns:
@@ -243,24 +244,22 @@ def summarize(paths: Sequence[Path]) -> Dict[str, float]:
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: write ``<out>/train`` and ``<out>/validation``."""
-    p = argparse.ArgumentParser(
-        prog="torchrec-ple generate-clicklog",
-        description="Write synthetic click logs (CTR, CVR on clicks, watch time) as Parquet.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's options, on ``p`` (a parser of its own or a CLI subcommand)."""
     p.add_argument("--rows", type=int, required=True, help="training rows, e.g. 2000000")
     p.add_argument("--out", type=Path, required=True, help="folder for train/ and validation/")
     p.add_argument("--validation-rows", type=int, default=None, help="default: rows // 10")
-    p.add_argument(
-        "--files", type=int, default=4, help="training files (validation: 1 per 1M rows)"
-    )
+    p.add_argument("--files", type=int, default=4, help="training files (validation: 1 per 1M)")
     p.add_argument("--row-group-size", type=int, default=65_536)
     p.add_argument("--num-users", type=int, default=10_000_000)
     p.add_argument("--num-items", type=int, default=1_000_000)
     p.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows held in memory at once")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write ``<out>/train`` and ``<out>/validation`` as :func:`add_arguments` parsed them."""
     n_valid = args.rows // 10 if args.validation_rows is None else args.validation_rows
     common = dict(
         row_group_size=args.row_group_size,
@@ -282,6 +281,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``python -m torchrec_ple.data.clicklog --rows N --out DIR``."""
+    p = argparse.ArgumentParser(
+        prog="torchrec-ple generate-clicklog",
+        description=DESCRIPTION,
+    )
+    return run(add_arguments(p).parse_args(argv))
 
 
 if __name__ == "__main__":

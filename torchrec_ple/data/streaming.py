@@ -13,8 +13,8 @@ chunk at a time instead, with the same transforms and the same batch layout:
    workers, encodes each chunk (vectorized), mixes rows in a bounded shuffle buffer and
    yields :class:`~torchrec_ple.data.batch.MultiTaskBatch` es. Every rank yields the same
    number of batches of exactly ``batch_size`` rows (TorchRec's collectives need that);
-   missing rows are padding with empty bags, zero features and zero masks, so they count
-   in no loss and no metric.
+   the missing rows are padding rows with empty bags, zero features and zero masks, which
+   count in no loss and no metric.
 
 Every row is read exactly once per epoch across ranks and workers.
 """
@@ -244,7 +244,7 @@ def read_fragment(
     fs: FileSpec,
     columns: Optional[Sequence[str]] = None,
     read_rows: int = DEFAULT_READ_ROWS,
-    _files: Optional[Dict[str, pq.ParquetFile]] = None,
+    open_files: Optional[Dict[str, pq.ParquetFile]] = None,
 ) -> Iterator[pa.Table]:
     """The rows of a fragment, in tables of at most ``read_rows`` rows.
 
@@ -253,6 +253,8 @@ def read_fragment(
         fs (FileSpec): the file spec (CSV parsing options).
         columns (Optional[Sequence[str]]): only these columns. Default: all.
         read_rows (int): rows per table. Default: 65_536.
+        open_files (Optional[Dict[str, pq.ParquetFile]]): a cache of the last opened
+            Parquet file, reused by consecutive fragments of one file.
 
     Yields:
         pa.Table: consecutive rows of the fragment.
@@ -260,11 +262,12 @@ def read_fragment(
     if frag.row_group is None:
         yield from _read_csv_fragment(frag, fs, columns, read_rows)
         return
-    pf = _files.get(frag.path) if _files is not None else None
+    pf = open_files.get(frag.path) if open_files is not None else None
     if pf is None:
         pf = pq.ParquetFile(frag.path)
-        if _files is not None:
-            _files[frag.path] = pf
+        if open_files is not None:
+            open_files.clear()  # one open file at a time, however many files there are
+            open_files[frag.path] = pf
     cols = list(columns) if columns is not None else None
     pos = 0
     for rb in pf.iter_batches(batch_size=read_rows, row_groups=[frag.row_group], columns=cols):
@@ -533,6 +536,7 @@ class _RankStream(IterableDataset):
     def __iter__(self) -> Iterator[Union[_Packed, _Remainder]]:
         info = get_worker_info()
         wid, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        self._files = {}  # handles inherited through fork stay the parent's
         for item in self.iterate(wid, workers):
             yield _Packed.pack(item) if isinstance(item, MultiTaskBatch) else item
 
@@ -554,6 +558,7 @@ class _RankStream(IterableDataset):
                 n_held += enc.num_rows
                 if n_held >= threshold:
                     data = concat_encoded(held)
+                    held = []  # drop the parts before copying the kept rows
                     order = rng.permutation(n_held) if self.shuffle else np.arange(n_held)
                     keep = threshold // 2 if self.shuffle else 0
                     n_out = max(b, (n_held - keep) // b * b)
@@ -585,7 +590,8 @@ class StreamingBatches:
     merges the workers' last partial batches and pads. The batch order depends on
     ``num_workers``: resume with the same value.
 
-    Memory: at most about ``shuffle_buffer + read_rows`` encoded rows per worker, plus
+    Memory per worker: at most ``shuffle_buffer + read_rows`` encoded rows held (about
+    1.5x that while a buffer is drained), one Arrow chunk of ``read_rows`` raw rows, and
     the DataLoader's prefetched batches.
 
     Args:

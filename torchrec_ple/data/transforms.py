@@ -180,7 +180,9 @@ def _truncate(values: pa.Array, offsets: np.ndarray, max_len: int) -> Tuple[pa.A
 def _hash(values: pa.Array, buckets: int) -> np.ndarray:
     keys = _normalize_ids(values)
     valid = np.asarray(keys.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    fill = pa.scalar(0, pa.int64()) if pa.types.is_integer(keys.type) else pa.scalar("", pa.string())
+    fill = (
+        pa.scalar(0, pa.int64()) if pa.types.is_integer(keys.type) else pa.scalar("", pa.string())
+    )
     np_vals = keys.fill_null(fill).to_numpy(zero_copy_only=False)
     out = np.zeros(len(np_vals), dtype=np.int64)
     if valid.any():
@@ -262,9 +264,15 @@ class FeatureTransforms:
         try:
             state = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise DataError(file=str(path), expected="a transforms JSON file", found=str(e)) from None
+            raise DataError(
+                file=str(path), expected="a transforms JSON file", found=str(e)
+            ) from None
         if state.get("version") != FORMAT_VERSION:
-            raise DataError(file=str(path), expected=f"transforms version {FORMAT_VERSION}", found=str(state.get("version")))
+            raise DataError(
+                file=str(path),
+                expected=f"transforms version {FORMAT_VERSION}",
+                found=str(state.get("version")),
+            )
         return cls(spec, state)
 
     @property
@@ -326,7 +334,11 @@ class FeatureTransforms:
             col, rep = self._encode_numeric(table, f)
             dense_cols.append(col)
             report["features"][f.name] = rep
-        dense = np.stack(dense_cols, axis=1).astype(np.float32) if dense_cols else np.zeros((n, 0), np.float32)
+        dense = (
+            np.stack(dense_cols, axis=1).astype(np.float32)
+            if dense_cols
+            else np.zeros((n, 0), np.float32)
+        )
         labels = np.zeros((n, len(self._spec.tasks)), np.float32)
         masks = np.zeros((n, len(self._spec.tasks)), np.float32)
         for k, t in enumerate(self._spec.tasks):
@@ -336,7 +348,9 @@ class FeatureTransforms:
             report["tasks"][t.name] = rep
         return EncodedData(keys, values, offsets, dense, labels, masks, report)
 
-    def _encode_sparse(self, table: pa.Table, f: FeatureSpec) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, int]]:
+    def _encode_sparse(
+        self, table: pa.Table, f: FeatureSpec
+    ) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, int]]:
         arr = _column(table, f.column)
         rep: Dict[str, int] = {}
         if f.buckets is not None:
@@ -352,7 +366,11 @@ class FeatureTransforms:
             rep["empty_lists"] = int((np.diff(offs) == 0).sum())
         if f.num_embeddings is not None:
             if flat.null_count:
-                raise DataError(column=f.column, expected=f"ids in [0, {f.num_embeddings}) on every row (identity mapping)", found=f"{flat.null_count} missing values")
+                raise DataError(
+                    column=f.column,
+                    expected=f"ids in [0, {f.num_embeddings}) on every row (identity mapping)",
+                    found=f"{flat.null_count} missing values",
+                )
             ids = _as_numeric(flat, f.column)
             bad = (ids < 0) | (ids >= f.num_embeddings) | (ids != np.round(ids))
             if bad.any():
@@ -395,14 +413,22 @@ class FeatureTransforms:
             x = np.sign(x) * np.log1p(np.abs(x))
         return x, rep
 
-    def _encode_label(self, table: pa.Table, t: TaskSpec) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
+    def _encode_label(
+        self, table: pa.Table, t: TaskSpec
+    ) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
         arr = _column(table, t.label)
         present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         if t.type == "binary" and t.positive is not None:
             keys = _normalize_ids(arr)
             pos = [p for p in t.positive]
-            value_set = pa.array([str(p) for p in pos]) if pa.types.is_string(keys.type) else pa.array(pos).cast(keys.type)
-            y = np.asarray(pc.is_in(keys, value_set=value_set).to_numpy(zero_copy_only=False), dtype=np.float64)
+            value_set = (
+                pa.array([str(p) for p in pos])
+                if pa.types.is_string(keys.type)
+                else pa.array(pos).cast(keys.type)
+            )
+            y = np.asarray(
+                pc.is_in(keys, value_set=value_set).to_numpy(zero_copy_only=False), dtype=np.float64
+            )
         else:
             y = _as_numeric(arr, t.label)
             present &= np.isfinite(y)
@@ -430,11 +456,19 @@ def _condition(table: pa.Table, t: TaskSpec) -> np.ndarray:
         mask = arr.is_valid()
     else:
         wanted = ss.in_ if ss.in_ is not None else [ss.equals]
-        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
+        if (
+            pa.types.is_integer(arr.type)
+            or pa.types.is_floating(arr.type)
+            or pa.types.is_boolean(arr.type)
+        ):
             try:
                 value_set = pa.array([float(v) for v in wanted])
             except (TypeError, ValueError):
-                raise DataError(column=ss.column, expected=f"a value comparable with {arr.type} in tasks '{t.name}' sample_space", found=repr(wanted)) from None
+                raise DataError(
+                    column=ss.column,
+                    expected=f"a value comparable with {arr.type} in tasks '{t.name}' sample_space",
+                    found=repr(wanted),
+                ) from None
             mask = pc.is_in(arr.cast(pa.float64()), value_set=value_set)
         else:
             mask = pc.is_in(arr.cast(pa.string()), value_set=pa.array([str(v) for v in wanted]))
@@ -618,7 +652,12 @@ class _FitAccumulator:
 
     def state(self) -> Dict[str, Any]:
         spec = self._spec
-        state: Dict[str, Any] = {"version": FORMAT_VERSION, "vocabs": {}, "numeric": {}, "buckets": {}}
+        state: Dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "vocabs": {},
+            "numeric": {},
+            "buckets": {},
+        }
         for tname, counter in self._vocabs.items():
             feats = [f for f in spec.features if f.is_sparse and spec.table_of(f) == tname]
             vspec = next((f.vocab for f in feats if f.vocab is not None), None)
@@ -638,7 +677,11 @@ class _FitAccumulator:
         for f in self._numeric:
             m = self._moments[f.name]
             if m.n == 0:
-                raise DataError(column=f.column, expected="at least one finite value in the training data", found="none")
+                raise DataError(
+                    column=f.column,
+                    expected="at least one finite value in the training data",
+                    found="none",
+                )
             if f.buckets is not None:
                 if f.buckets.boundaries is not None:
                     edges = list(f.buckets.boundaries)

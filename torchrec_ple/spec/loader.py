@@ -48,11 +48,11 @@ from torchrec_ple.spec.schema import (
     EMBEDDING_OPTIMIZERS,
     FEATURE_TYPES,
     FILE_FORMATS,
+    LOSS_WEIGHTINGS,
     NORMALIZERS,
     POOLINGS,
     SHARDING_TYPES,
     TASK_TYPES,
-    LOSS_WEIGHTINGS,
     WEIGHT_UNITS,
     DataSpec,
     FeatureSpec,
@@ -594,7 +594,9 @@ class _Checker:
             self.err(P + ("streaming",), "streaming only with the 'files' source", "true")
         if d.streaming and d.validation is None and self.given(P + ("validation_fraction",)):
             hint = "streaming cannot hold rows out: give data.validation"
-            self.err(P + ("validation_fraction",), "no validation_fraction", format_value(v), hint=hint)
+            self.err(
+                P + ("validation_fraction",), "no validation_fraction", format_value(v), hint=hint
+            )
         s, S = d.synthetic, P + ("synthetic",)
         for k in ("train_rows", "validation_rows", "dim", "num_sines", "num_users", "num_items"):
             self.at_least(S + (k,), getattr(s, k))
@@ -835,9 +837,15 @@ class _Checker:
             P = ("tasks", i, "esmm")
             parent = by_name.get(t.esmm)
             if parent is None or parent is t:
-                close = difflib.get_close_matches(str(t.esmm), [n for n in by_name if n != t.name], n=1)
-                self.err(P, "the name of another (binary CTR) task", format_value(t.esmm),
-                         did_you_mean=close[0] if close else None)
+                close = difflib.get_close_matches(
+                    str(t.esmm), [n for n in by_name if n != t.name], n=1
+                )
+                self.err(
+                    P,
+                    "the name of another (binary CTR) task",
+                    format_value(t.esmm),
+                    did_you_mean=close[0] if close else None,
+                )
             elif t.type != "binary" or parent.type != "binary":
                 self.err(P, "ESMM between two binary tasks", f"{t.type} task on {parent.type} task")
             elif parent.esmm is not None:

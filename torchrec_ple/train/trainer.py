@@ -8,8 +8,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -17,8 +18,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
-from torchrec_ple.data.batch import BatchLoader
+from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.sources import load_tables
+from torchrec_ple.data.streaming import StreamingBatches, fit_transforms, streaming_loader
 from torchrec_ple.data.transforms import EncodedData, FeatureTransforms
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.spec.errors import DataError
@@ -108,19 +110,25 @@ def predict_encoded(
     state: TrainState, data: EncodedData, batch_size: int
 ) -> Dict[str, torch.Tensor]:
     """Outputs, labels and masks of every row of ``data`` (gathered from all ranks)."""
+    loader = BatchLoader(data, batch_size, rank=state.ctx.rank, world_size=state.ctx.world_size)
+    return predict_batches(state, loader, data.labels.shape[1])
+
+
+@torch.no_grad()
+def predict_batches(
+    state: TrainState, loader: Iterable[MultiTaskBatch], num_tasks: int
+) -> Dict[str, torch.Tensor]:
+    """Outputs, labels and masks of every batch of ``loader``, gathered from all ranks
+    (every rank must run the same number of equal-size batches)."""
     model = state.model
     model.eval()
-    loader = BatchLoader(data, batch_size, rank=state.ctx.rank, world_size=state.ctx.world_size)
     parts: Dict[str, List[torch.Tensor]] = {"outputs": [], "labels": [], "masks": []}
     for batch in loader:
         _, (_, outputs, labels, masks) = model(batch.to(state.ctx.device))
         parts["outputs"].append(outputs.float().cpu())
         parts["labels"].append(labels.cpu())
         parts["masks"].append(masks.cpu())
-    out = {
-        name: torch.cat(ts) if ts else torch.zeros(0, data.labels.shape[1])
-        for name, ts in parts.items()
-    }
+    out = {name: torch.cat(ts) if ts else torch.zeros(0, num_tasks) for name, ts in parts.items()}
     if state.ctx.world_size > 1:
         for name, t in out.items():
             gathered = [torch.empty_like(t) for _ in range(state.ctx.world_size)]
@@ -130,11 +138,16 @@ def predict_encoded(
 
 
 def evaluate_encoded(
-    spec: Spec, state: TrainState, data: EncodedData
+    spec: Spec, state: TrainState, data: Union[EncodedData, StreamingBatches]
 ) -> Dict[str, Dict[str, float]]:
-    """Per-task metrics of ``data`` over each task's sample space."""
+    """Per-task metrics of ``data`` (encoded rows, or streamed batches) over each task's
+    sample space."""
     bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
-    preds = predict_encoded(state, data, bs)
+    if isinstance(data, StreamingBatches):
+        data.set_epoch(0)
+        preds = predict_batches(state, data, len(spec.tasks))
+    else:
+        preds = predict_encoded(state, data, bs)
     names = [t.name for t in spec.tasks]
     result = task_metrics(
         preds["outputs"], preds["labels"], preds["masks"], names, [t.type for t in spec.tasks]
@@ -171,7 +184,10 @@ def _expert_names(spec: Spec, key: str) -> List[str]:
 
 @torch.no_grad()
 def gate_summary(
-    spec: Spec, state: TrainState, data: EncodedData, max_rows: int = 50_000
+    spec: Spec,
+    state: TrainState,
+    data: Union[EncodedData, StreamingBatches],
+    max_rows: int = 50_000,
 ) -> Dict[str, Any]:
     """Mean softmax weight of every gate on (up to ``max_rows`` of) ``data``.
 
@@ -183,7 +199,12 @@ def gate_summary(
     model = module.model
     model.eval()
     bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
-    loader = BatchLoader(data, bs, rank=state.ctx.rank, world_size=state.ctx.world_size)
+    loader: Iterable[MultiTaskBatch]
+    if isinstance(data, StreamingBatches):
+        data.set_epoch(0)
+        loader, bs = data, data.batch_size
+    else:
+        loader = BatchLoader(data, bs, rank=state.ctx.rank, world_size=state.ctx.world_size)
     sums: Dict[str, torch.Tensor] = {}
     rows = torch.zeros(())
     for i, batch in enumerate(loader):
@@ -288,30 +309,50 @@ def fit(
         log(f"resume: no complete checkpoint under {ckpt_root}; starting from scratch")
 
     t0 = time.perf_counter()
-    train_table, valid_table = load_tables(spec)
-    if resume_from is not None:
+    train_data: Union[EncodedData, StreamingBatches]
+    valid_data: Union[EncodedData, StreamingBatches, None]
+    if spec.data.streaming:
+        # One streaming pass on rank 0 (reading only the columns fitting needs); the other
+        # ranks wait for transforms.json and load it, so every rank encodes alike.
+        if resume_from is None and ctx.is_main:
+            fit_transforms(spec).save(out_dir / TRANSFORMS_FILE)
+        if ctx.world_size > 1:
+            dist.barrier()
         transforms = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
+        train_data = streaming_loader(spec, transforms, "train", ctx.rank, ctx.world_size)
+        valid_data = None
+        if spec.data.validation is not None:
+            valid_data = streaming_loader(spec, transforms, "validation", ctx.rank, ctx.world_size)
+        n_train = train_data.report["rows_all_ranks"]
+        n_valid = valid_data.report["rows_all_ranks"] if valid_data is not None else 0
     else:
-        transforms = FeatureTransforms.fit(spec, train_table)
-    train_data = transforms.encode(train_table)
-    valid_data = transforms.encode(valid_table) if valid_table.num_rows else None
-    del train_table, valid_table
-    _check_sample_spaces(spec, train_data)
+        train_table, valid_table = load_tables(spec)
+        if resume_from is not None:
+            transforms = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
+        else:
+            transforms = FeatureTransforms.fit(spec, train_table)
+        train_data = transforms.encode(train_table)
+        valid_data = transforms.encode(valid_table) if valid_table.num_rows else None
+        del train_table, valid_table
+        _check_sample_spaces(spec, train_data)
+        n_train, n_valid = train_data.num_rows, valid_data.num_rows if valid_data else 0
     prep_seconds = time.perf_counter() - t0
     if ctx.is_main:
-        if resume_from is None:
+        if resume_from is None and not spec.data.streaming:
             transforms.save(out_dir / TRANSFORMS_FILE)
         (out_dir / SPEC_FILE).write_text(yaml.safe_dump(_jsonable(spec.raw), sort_keys=False))
         log(
-            f"data: {train_data.num_rows} train / {valid_data.num_rows if valid_data else 0} "
+            f"data: {n_train} train / {n_valid} "
             f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
             f"features ({prep_seconds:.1f}s)"
         )
 
     state = build_state(spec, transforms, ctx)
     if ctx.is_main:
+        mb = ", ".join(f"{b / 2**20:.0f}" for b in table_bytes_per_rank(state))
         log(
-            f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size {ctx.world_size}"
+            f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size "
+            f"{ctx.world_size}, table MB per rank [{mb}]"
         )
     history: List[Dict[str, Any]] = []
     step, epoch0, batch0 = 0, 0, 0
@@ -330,14 +371,18 @@ def fit(
     schedule = ExponentialLossWeights(
         [t.weight.initial for t in spec.tasks], [t.weight.decay for t in spec.tasks]
     )
-    loader = BatchLoader(
-        train_data,
-        spec.train.batch_size,
-        shuffle=True,
-        seed=spec.train.seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
+    loader: Union[BatchLoader, StreamingBatches]
+    if isinstance(train_data, StreamingBatches):
+        loader = train_data  # shuffled, ``data.shuffle_buffer`` rows, ``train.seed``
+    else:
+        loader = BatchLoader(
+            train_data,
+            spec.train.batch_size,
+            shuffle=True,
+            seed=spec.train.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
     scalars = _Scalars(out_dir / "tensorboard" if spec.train.tensorboard and ctx.is_main else None)
     task_names = [t.name for t in spec.tasks]
     train_seconds = 0.0
@@ -447,13 +492,14 @@ def fit(
             "world_size": ctx.world_size,
             "data_seconds": prep_seconds,
             "max_rss_mb_per_rank": _gather_floats(_rss_mb(), ctx),
+            "table_mb_per_rank": [b / 2**20 for b in table_bytes_per_rank(state)],
             "resumed_from": resume_from.name if resume_from is not None else None,
             "stopped_at_max_steps": stopped,
         },
         "history": history,
         "data": {
             "train": train_data.report,
-            "validation": valid_data.report if valid_data else None,
+            "validation": valid_data.report if valid_data is not None else None,
         },
         "model": {"architecture": spec.model.architecture, "parameters": _count_params(state)},
         "gates": gate_summary(spec, state, valid_data if valid_data is not None else train_data),
@@ -476,6 +522,12 @@ def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str
     transforms = FeatureTransforms.load(spec, transforms_path)
     state = build_state(spec, transforms, ctx)
     load_checkpoint(ckpt, state.model)
+    if spec.data.streaming:
+        batches = streaming_loader(spec, transforms, data, ctx.rank, ctx.world_size)
+        return {
+            "tasks": evaluate_encoded(spec, state, batches),
+            "rows": batches.report["rows_all_ranks"],
+        }
     train_table, valid_table = load_tables(spec)
     table = valid_table if data == "validation" else train_table
     return {
@@ -514,6 +566,23 @@ def _format_epoch(entry: Dict[str, Any]) -> str:
         metric = "auc" if "auc" in m else "mse"
         parts.append(f"{name} {metric}={m[metric]:.4f} (n={m['count']})")
     return "  ".join(parts)
+
+
+def table_bytes_per_rank(state: TrainState) -> List[int]:
+    """Embedding-table weight bytes each rank holds under the sharding plan (fp32)."""
+    per_rank = [0] * state.ctx.world_size
+    sizes = {t.config_name: (t.num_embeddings, t.dim) for t in state.transforms.tables()}
+    for module_plan in state.model.plan.plan.values():
+        for name, ps in module_plan.items():  # type: ignore[union-attr]
+            spec = ps.sharding_spec
+            if spec is None:  # data-parallel: a full replica on every rank
+                rows, dim = sizes[name]
+                per_rank = [b + rows * dim * 4 for b in per_rank]
+                continue
+            for shard in spec.shards:
+                rank = shard.placement.rank()
+                per_rank[rank] += int(np.prod(shard.shard_sizes)) * 4
+    return per_rank
 
 
 def _count_params(state: TrainState) -> int:
