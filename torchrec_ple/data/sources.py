@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -38,21 +38,24 @@ def read_schema(fs: FileSpec) -> pa.Schema:
     return _read_csv(fs, nrows=1000).schema
 
 
+def csv_options(fs: FileSpec) -> Dict[str, Any]:
+    """``pandas.read_csv`` keyword arguments of a CSV file spec (one parser for every path)."""
+    return dict(
+        sep=fs.separator,
+        header=None if fs.names else "infer",
+        names=fs.names,
+        na_values=fs.na_values or None,
+        comment=fs.comment,
+        skiprows=fs.skip_rows,
+        skipinitialspace=True,
+    )
+
+
 def _read_csv(fs: FileSpec, nrows: Optional[int] = None) -> pa.Table:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(
-            fs.path,
-            sep=fs.separator,
-            header=None if fs.names else "infer",
-            names=fs.names,
-            na_values=fs.na_values or None,
-            comment=fs.comment,
-            skiprows=fs.skip_rows,
-            skipinitialspace=True,
-            nrows=nrows,
-        )
+        frame = pd.read_csv(fs.path, nrows=nrows, **csv_options(fs))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(file=str(fs.path), expected="a readable CSV file", found=str(e)) from None
     return pa.Table.from_pandas(frame, preserve_index=False)

@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ple.data.batch import MultiTaskBatch, _gather_jagged, build_batch
-from torchrec_ple.data.sources import file_format, read_schema, require_columns, spec_columns
+from torchrec_ple.data.sources import (
+    csv_options,
+    file_format,
+    read_schema,
+    require_columns,
+    spec_columns,
+)
 from torchrec_ple.data.transforms import (
     DEFAULT_RESERVOIR,
     EncodedData,
@@ -102,19 +108,6 @@ def list_files(fs: FileSpec) -> List[Path]:
     return files
 
 
-def _csv_kwargs(fs: FileSpec) -> Dict[str, Any]:
-    # The options of sources._read_csv, so both paths parse a file identically.
-    return dict(
-        sep=fs.separator,
-        header=None if fs.names else "infer",
-        names=fs.names,
-        na_values=fs.na_values or None,
-        comment=fs.comment,
-        skiprows=fs.skip_rows,
-        skipinitialspace=True,
-    )
-
-
 # CSV profiles by (path, size, mtime, options): every rank and epoch plans from the same pass.
 _CSV_PROFILES: Dict[Tuple[str, int, int, str], Tuple[int, Tuple[str, ...]]] = {}
 
@@ -129,12 +122,12 @@ def _csv_profile(path: Path, fs: FileSpec) -> Tuple[int, Tuple[str, ...]]:
     import pandas as pd
 
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, repr(_csv_kwargs(fs)))
+    key = (str(path), st.st_size, st.st_mtime_ns, repr(csv_options(fs)))
     if key in _CSV_PROFILES:
         return _CSV_PROFILES[key]
     rows, text = 0, set()
     try:
-        for chunk in pd.read_csv(path, chunksize=DEFAULT_READ_ROWS, **_csv_kwargs(fs)):
+        for chunk in pd.read_csv(path, chunksize=DEFAULT_READ_ROWS, **csv_options(fs)):
             rows += len(chunk)
             text.update(
                 str(c) for c, dt in chunk.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)
@@ -153,7 +146,7 @@ def column_names(fs: FileSpec) -> List[str]:
 
     path = list_files(fs)[0]
     try:
-        head = pd.read_csv(path, nrows=5, **_csv_kwargs(fs))
+        head = pd.read_csv(path, nrows=5, **csv_options(fs))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(file=str(path), expected="a readable CSV file", found=str(e)) from None
     return [str(c) for c in head.columns]
@@ -291,7 +284,7 @@ def _read_csv_fragment(
         chunksize=read_rows,
         usecols=(lambda c: c in wanted) if wanted is not None else None,
         dtype=dtype or None,
-        **_csv_kwargs(fs),
+        **csv_options(fs),
     )
     pos = 0
     for chunk in reader:

@@ -39,8 +39,9 @@ from torchrec_ple.data.transforms import FeatureTransforms
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.models.multitask import MultiTaskModel
 from torchrec_ple.spec.errors import DataError
-from torchrec_ple.spec.loader import parse_spec
+from torchrec_ple.spec.loader import parse_spec, plain
 from torchrec_ple.spec.schema import Spec
+from torchrec_ple.train.distributed import DropMessages
 
 logger = logging.getLogger("torchrec_ple")
 
@@ -245,7 +246,7 @@ def export_program(serving: ServingModel, spec: Spec) -> torch.export.ExportedPr
     # TorchRec logs (root logger) that non-strict export of KJT.to_dict is slow: it is a
     # one-off cost at export time, not at inference.
     _quiet_fx_notice()
-    quiet = _DropMessages("non-strict torch.export KJT to_dict")
+    quiet = DropMessages("non-strict torch.export KJT to_dict")
     logging.getLogger().addFilter(quiet)
     try:
         with torch.no_grad():
@@ -263,19 +264,9 @@ def _quiet_fx_notice() -> None:
     """Drop torch.fx's notice about ``is_fx_tracing`` under export (by its exact text, once)."""
     fx_logger = logging.getLogger("torch.fx._symbolic_trace")
     if not any(
-        isinstance(f, _DropMessages) and _FX_NOTICE in f._fragments for f in fx_logger.filters
+        isinstance(f, DropMessages) and _FX_NOTICE in f._fragments for f in fx_logger.filters
     ):
-        fx_logger.addFilter(_DropMessages(_FX_NOTICE))
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, *fragments: str) -> None:
-        super().__init__()
-        self._fragments = fragments
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not any(f in msg for f in self._fragments)
+        fx_logger.addFilter(DropMessages(_FX_NOTICE))
 
 
 def export_model(spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike) -> Path:
@@ -328,7 +319,7 @@ def export_model(spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike) -> 
     if not given_spec:
         shutil.copyfile(source_dir / SPEC_FILE, out_dir / SPEC_FILE)
     else:  # the spec the model was built from
-        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(_jsonable(spec.raw), sort_keys=False))
+        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
     manifest = build_manifest(spec, kind, file, ckpt, fallback_reason)
     tmp = out_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -483,13 +474,3 @@ def is_model_dir(path: PathLike) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -1141,3 +1141,14 @@ def validate_all(path: Union[str, Path], overrides: Sequence[OverrideArg] = ()) 
     except SpecError as e:
         return [e]
     return _collect(text, Path(path), overrides)[1]
+
+
+def plain(obj: Any) -> Any:
+    """A spec mapping (``Spec.raw``) with paths as strings, ready for ``yaml.safe_dump``."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -67,7 +67,9 @@ class DistContext:
         return self.rank == 0
 
 
-class _DropMessages(logging.Filter):
+class DropMessages(logging.Filter):
+    """A logging filter dropping records that contain any of the given fragments."""
+
     def __init__(self, *fragments: str) -> None:
         super().__init__()
         self._fragments = fragments
@@ -87,7 +89,7 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Please use DTensor instead", category=FutureWarning)
     # The train pipeline traces the model with torch.fx.
     logging.getLogger("torch.fx._symbolic_trace").addFilter(
-        _DropMessages("is_fx_tracing will return true")
+        DropMessages("is_fx_tracing will return true")
     )
 
 

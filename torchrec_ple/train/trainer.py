@@ -24,6 +24,7 @@ from torchrec_ple.data.streaming import StreamingBatches, fit_transforms, stream
 from torchrec_ple.data.transforms import EncodedData, FeatureTransforms
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.spec.errors import DataError
+from torchrec_ple.spec.loader import plain
 from torchrec_ple.spec.schema import OptimizerSpec, Spec
 from torchrec_ple.train.checkpoint import (
     checkpoint_name,
@@ -340,7 +341,7 @@ def fit(
     if ctx.is_main:
         if resume_from is None and not spec.data.streaming:
             transforms.save(out_dir / TRANSFORMS_FILE)
-        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(_jsonable(spec.raw), sort_keys=False))
+        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
         log(
             f"data: {n_train} train / {n_valid} "
             f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
@@ -589,16 +590,6 @@ def _count_params(state: TrainState) -> int:
     tables = sum(t.num_embeddings * t.dim for t in state.transforms.tables())
     dense = sum(p.numel() for n, p in state.model.named_parameters() if ".embedding_bags." not in n)
     return int(tables + dense)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def load_run_spec(run_dir: Path) -> Optional[Dict[str, Any]]:
