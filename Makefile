@@ -15,12 +15,21 @@ $(STAMP): requirements/cpu.txt requirements/torchrec.txt requirements/dev.txt py
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
+# FEAST=1 also installs the optional Feast extra (CI sets it, so the Feast tests run there).
+FEAST ?=
+FEAST_STAMP := $(VENV)/.torchrec-ple-feast-installed
+TEST_DEPS := $(STAMP) $(if $(FEAST),$(FEAST_STAMP))
+
+$(FEAST_STAMP): $(STAMP) requirements/feast.txt
+	$(PY) -m pip install -q -r requirements/feast.txt
+	touch $(FEAST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m torchrec_ple fit feature_specs/synthetic.yaml --out runs/demo
 
-test: $(STAMP)
+test: $(TEST_DEPS)
 	$(PY) -m pytest
 
 lint: $(STAMP)

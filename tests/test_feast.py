@@ -262,3 +262,64 @@ def test_train_from_feast_and_online_equals_offline(repo, tmp_path: Path) -> Non
     np.testing.assert_allclose(
         scorer.score_table(online), scorer.score_table(offline), rtol=1e-5, atol=1e-6
     )
+
+
+def test_spec_with_feast_source_takes_tags_and_trains(repo, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from torchrec_ple.data.sources import load_tables
+    from torchrec_ple.spec import SpecError, load_spec
+    from torchrec_ple.train.trainer import fit
+
+    rng = np.random.default_rng(2)
+    n = 600
+    entity = pd.DataFrame(
+        {
+            "user": rng.integers(1, NUM_USERS + 1, n),
+            "event_timestamp": [T0 + timedelta(hours=int(h)) for h in rng.integers(24, 24 * 9, n)],
+        }
+    )
+    entity["click"] = (entity["user"] % 3 == 0).astype(np.int64)
+    entity.to_parquet(tmp_path / "entities.parquet")
+    root = repo["root"]
+    # The repo as a user has it on disk: a feature_store.yaml beside the registry.
+    (root / "feature_store.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "project": "tests",
+                "provider": "local",
+                "registry": str(root / "registry.db"),
+                "offline_store": {"type": "duckdb"},
+                "online_store": {"type": "sqlite", "path": str(root / "online.db")},
+                "entity_key_serialization_version": 3,
+            }
+        )
+    )
+    raw = _raw_spec("unused.parquet")
+    raw["data"] = {
+        "source": "feast",
+        "validation_fraction": 0.25,
+        "feast": {
+            "repo_path": str(repo["root"]),
+            "entity_df": "entities.parquet",  # relative to the spec file
+            "feature_service": repo["service"],
+            "split": "time",
+            "fill": {"city_id": 0},
+        },
+    }
+    raw["features"][2]["embedding"] = {"pooling": "sum"}  # the YAML overrides the tag (mean)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    city = next(f for f in spec.features if f.name == "city_id")
+    history = next(f for f in spec.features if f.name == "history")
+    assert city.num_embeddings == 20 and city.embedding.dim == 4  # from the Feast tags
+    assert history.embedding.pooling == "sum" and history.embedding.dim == 4
+    train, valid = load_tables(spec)
+    assert train.num_rows + valid.num_rows == n and valid.num_rows == 150
+    metrics = fit(spec, tmp_path / "run", log=lambda s: None)
+    assert metrics["tasks"]["click"]["count"] == 150
+    raw["data"]["feast"]["feature_service"] = "no_such_service"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"data\.feast.*no_such_service"):
+        load_spec(path)

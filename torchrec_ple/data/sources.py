@@ -118,6 +118,10 @@ def load_tables(spec: Spec) -> Tuple[pa.Table, pa.Table]:
         from torchrec_ple.data.synthetic import generate
 
         return generate(spec.data.synthetic)
+    if spec.data.source == "feast":
+        from torchrec_ple.data.feast import load_spec_tables
+
+        return load_spec_tables(spec)
     assert spec.data.train is not None
     cols = spec_columns(spec)
     train = read_table(spec.data.train, cols)

@@ -46,6 +46,7 @@ from torchrec_ple.spec.schema import (
     DATA_SOURCES,
     DENSE_OPTIMIZERS,
     EMBEDDING_OPTIMIZERS,
+    FEAST_SPLITS,
     FEATURE_TYPES,
     FILE_FORMATS,
     LOSS_WEIGHTINGS,
@@ -262,6 +263,8 @@ def _type_name(tp: Any) -> str:
     tp = _unoptional(tp)
     if get_origin(tp) is list:
         return f"list of {_type_name(get_args(tp)[0])}"
+    if get_origin(tp) is dict:
+        return "mapping"
     if tp in _SHORTHANDS:
         return f"mapping or {_type_name(_fields(tp)[_SHORTHANDS[tp]][1])}"
     if dataclasses.is_dataclass(tp):
@@ -443,6 +446,12 @@ class _Checker:
         if dataclasses.is_dataclass(tp):
             obj = self.mapping(value, tp, path)
             return obj if obj is _BAD else tp(**obj)
+        if get_origin(tp) is dict:
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                self.err(path, _type_name(tp), format_value(value))
+                return _BAD
+            vt = get_args(tp)[1]
+            return {k: self.convert(v, vt, path + (k,)) for k, v in value.items()}
         if get_origin(tp) is list:
             if not isinstance(value, list):
                 self.err(path, _type_name(tp), format_value(value))
@@ -582,6 +591,18 @@ class _Checker:
         self.choice(P + ("source",), d.source, DATA_SOURCES)
         if d.source == "files" and d.train is None:
             self.err(P + ("train",), "a training file for the 'files' source", "nothing")
+        if d.source == "feast":
+            if d.feast is None:
+                self.err(P + ("feast",), "a feast section for the 'feast' source", "nothing")
+            else:
+                F = P + ("feast",)
+                if (d.feast.feature_service is None) == (d.feast.features is None):
+                    self.err(
+                        F,
+                        "exactly one of feature_service, features",
+                        "both" if d.feast.features else "neither",
+                    )
+                self.choice(F + ("split",), d.feast.split, FEAST_SPLITS)
         for name in ("train", "validation"):
             fs = getattr(d, name)
             if fs is not None:
@@ -1083,6 +1104,11 @@ def _collect(
                 SpecError(e.key, e.expected, e.found, did_you_mean=e.did_you_mean, hint=hint)
             )
     base = Path(os.path.abspath(path)).parent if path is not None else Path.cwd()
+    if not errors:
+        try:
+            raw = _with_feast_tags(raw, base)
+        except SpecError as e:
+            return None, [SpecError(e.key, e.expected, e.found, file=file, hint=e.hint)]
     checker = _Checker(raw, lines, overridden, file, base)
     spec = checker.build()
     errors += checker.errors
@@ -1152,3 +1178,46 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _with_feast_tags(raw: Any, base: Path) -> Any:
+    """For ``data.source: feast``: fill embedding settings from the Feast field tags.
+
+    Runs before validation because tags may supply the table dims. Feast is imported only
+    here, and only for feast specs.
+    """
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or data.get("source") != "feast":
+        return raw
+    fe = data.get("feast")
+    if not isinstance(fe, dict) or not isinstance(fe.get("repo_path"), str):
+        return raw  # the checker reports the missing/invalid section
+    refs = fe.get("feature_service") or fe.get("features")
+    if not refs:
+        return raw
+    try:
+        from torchrec_ple.spec.feast_tags import feature_tags, merge_feature_tags, open_store
+    except ImportError:
+        raise SpecError(
+            "data.source",
+            "the feast extra installed (pip install -r requirements/feast.txt)",
+            "feast",
+        ) from None
+    repo = Path(os.path.expanduser(fe["repo_path"]))
+    repo = repo if repo.is_absolute() else base / repo
+    try:
+        store = open_store(repo)
+        tags = feature_tags(store, refs, bool(fe.get("full_feature_names", False)))
+    except ImportError:
+        raise SpecError(
+            "data.source",
+            "the feast extra installed (pip install -r requirements/feast.txt)",
+            "feast",
+        ) from None
+    except Exception as e:  # Feast raises many types; the user needs the message, in one line
+        raise SpecError(
+            "data.feast",
+            "a readable Feast repo and existing features",
+            str(e).splitlines()[0][:200],
+        ) from None
+    return merge_feature_tags(raw, tags)

@@ -36,7 +36,8 @@ EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 # Fused (fbgemm) embedding optimizers available with the CPU build of fbgemm-gpu.
 CPU_EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
-DATA_SOURCES = ("files", "synthetic")
+DATA_SOURCES = ("files", "synthetic", "feast")
+FEAST_SPLITS = ("random", "time")
 FILE_FORMATS = ("parquet", "csv")
 WEIGHT_UNITS = ("step", "epoch")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -99,6 +100,40 @@ class SyntheticSpec:
 
 
 @dataclass
+class FeastSpec:
+    """Training rows retrieved point-in-time correct from a Feast feature repo.
+
+    Needs the ``feast`` extra (``pip install -r requirements/feast.txt``). Features of the
+    spec name the retrieved columns (``feature`` or ``view__feature`` with
+    ``full_feature_names``); Feast field tags ``embedding_dim``, ``pooling`` and
+    ``num_embeddings`` fill the embedding settings the YAML leaves out.
+
+    Args:
+        repo_path (Path): folder with ``feature_store.yaml``; relative to the spec file.
+        entity_df (Path): Parquet/CSV with entity keys, event timestamps and labels.
+        feature_service (Optional[str]): a feature service name; or give ``features``.
+        features (Optional[List[str]]): ``view:feature`` references.
+        validation_entity_df (Optional[Path]): separate validation entity rows; else
+            ``data.validation_fraction`` of the entity rows is held out.
+        split (str): ``random`` or ``time`` (the latest rows) hold-out. Default: random.
+        timestamp_column (str): event timestamp column. Default: ``event_timestamp``.
+        full_feature_names (bool): retrieve columns as ``view__feature``. Default: False.
+        fill (Dict[str, Any]): values for nulls per retrieved column (e.g. a reserved id
+            for identity-mapped ids a point-in-time join could not find). Default: none.
+    """
+
+    repo_path: Path
+    entity_df: Path
+    feature_service: Optional[str] = None
+    features: Optional[List[str]] = None
+    validation_entity_df: Optional[Path] = None
+    split: str = "random"
+    timestamp_column: str = "event_timestamp"
+    full_feature_names: bool = False
+    fill: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataSpec:
     """Where the rows come from.
 
@@ -110,6 +145,7 @@ class DataSpec:
         validation_fraction (float): held-out fraction when no validation file is
             given. Default: 0.1.
         synthetic (SyntheticSpec): generator parameters (``synthetic`` source).
+        feast (Optional[FeastSpec]): the feature repo and entity rows (``feast`` source).
         streaming (bool): read the ``files`` chunk by chunk instead of loading them:
             transforms fitted in one streaming pass, rows split over ranks and workers by
             Parquet row group (CSV: by file), shuffled in a bounded buffer. Needs a
@@ -126,6 +162,7 @@ class DataSpec:
     validation: Optional[FileSpec] = None
     validation_fraction: float = 0.1
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    feast: Optional[FeastSpec] = None
     streaming: bool = False
     shuffle_buffer: int = 100_000
     num_workers: int = 0
