@@ -67,3 +67,40 @@ def test_half_written_checkpoint_is_ignored(uninterrupted, tmp_path: Path) -> No
     partial.mkdir()
     names = [p.name for p in list_checkpoints(run / "checkpoints")]
     assert names[-1] == "step_000000024"
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(
+    uninterrupted, tmp_path: Path
+) -> None:
+    import shutil
+
+    out, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    newest = run / "checkpoints" / "step_000000024"
+    shards = sorted(newest.glob("*.distcp"))
+    assert shards
+    shards[0].write_bytes(shards[0].read_bytes()[:100])  # truncated on disk
+    lines: list[str] = []
+    more = fit(_spec("train.epochs=3"), run, log=lines.append, resume=True)
+    assert any("step_000000024 is unreadable" in line for line in lines)
+    assert more["train"]["resumed_from"] == "step_000000012"
+    assert more["train"]["steps"] == 36
+
+
+def test_non_finite_loss_stops_with_step_and_rows(tmp_path: Path) -> None:
+    from torchrec_ple.train.trainer import TrainingError
+
+    spec = _spec(
+        "train.dense_optimizer.type=sgd",
+        "train.dense_optimizer.lr=1e12",
+        "train.checkpoint_every=1",
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"non-finite loss at step \d+ \(epoch 0, batch \d+\).*rows.*start with \[",
+    ):
+        fit(spec, tmp_path, log=lambda s: None)
+    # every checkpoint on disk precedes the bad step and loads
+    for ckpt in list_checkpoints(tmp_path / "checkpoints"):
+        assert (ckpt / "trainer.json").is_file()

@@ -214,6 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from torchrec_ple.train.trainer import TrainingError
+
+        if not isinstance(e, TrainingError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     finally:
         _shutdown()
 

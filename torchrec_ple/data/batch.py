@@ -183,6 +183,14 @@ class BatchLoader:
         sl = slice(self._rank * size, (self._rank + 1) * size)
         return padded[sl], valid[sl]
 
+    def rows(self, epoch: int, batch: int) -> np.ndarray:
+        """Row indices (into the encoded table) of batch ``batch`` of ``epoch`` on this rank."""
+        saved = self._epoch
+        self._epoch = epoch
+        rows, _ = self._shard()
+        self._epoch = saved
+        return rows[batch * self._batch_size : (batch + 1) * self._batch_size]
+
     def __iter__(self) -> Iterator[MultiTaskBatch]:
         rows, valid = self._shard()
         for i in range(self._start_batch, len(self)):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -29,6 +30,7 @@ from torchrec_ple.spec.schema import OptimizerSpec, Spec
 from torchrec_ple.train.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -360,7 +362,7 @@ def fit(
     if resume_from is not None:
         # Adam's state only exists after a first step: create it, or loading skips it silently.
         state.optimizer.init_state()
-        saved = load_checkpoint(resume_from, state.model, state.optimizer)
+        saved, resume_from = _load_newest_readable(ckpt_root, state, log if ctx.is_main else None)
         step, epoch0, batch0 = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         history = saved.get("history", [])
         torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
@@ -433,6 +435,10 @@ def fit(
             batch_in_epoch += 1
             samples += outputs.shape[0]
             step_losses = losses.float().cpu()
+            if not torch.isfinite(step_losses).all():
+                raise _non_finite(
+                    spec, step_losses, step, epoch, batch_in_epoch - 1, loader, ckpt_root
+                )
             loss_sum += step_losses
             if n_steps % 10 == 0 or batch_in_epoch == len(loader):
                 bar.set_postfix(
@@ -535,6 +541,52 @@ def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str
         "tasks": evaluate_encoded(spec, state, transforms.encode(table)),
         "rows": table.num_rows,
     }
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where and what."""
+
+
+def _non_finite(
+    spec: Spec,
+    losses: torch.Tensor,
+    step: int,
+    epoch: int,
+    batch: int,
+    loader: Any,
+    ckpt_root: Path,
+) -> TrainingError:
+    bad = [f"{t.name}={v}" for t, v in zip(spec.tasks, losses.tolist()) if not np.isfinite(v)]
+    rows = ""
+    if isinstance(loader, BatchLoader):
+        r = loader.rows(epoch, batch)
+        rows = f"; its training rows (after the validation split) start with {r[:8].tolist()}"
+    last = latest_checkpoint(ckpt_root)
+    where = f"the newest checkpoint is {last}" if last else "no checkpoint was written yet"
+    return TrainingError(
+        f"non-finite loss at step {step} (epoch {epoch}, batch {batch}): {', '.join(bad)}{rows}; "
+        f"training stopped before checkpointing it, {where}. Lower the learning rates or check "
+        f"the data (metrics.json 'data' counts), then fit --resume."
+    )
+
+
+def _load_newest_readable(
+    root: Path, state: TrainState, log: Optional[Callable[[str], None]]
+) -> tuple[Dict[str, Any], Path]:
+    """Load the newest checkpoint that loads; a corrupt one is reported and skipped."""
+    errors = []
+    for ckpt in reversed(list_checkpoints(root)):
+        try:
+            return load_checkpoint(ckpt, state.model, state.optimizer), ckpt
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            errors.append(
+                f"{ckpt.name}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+            )
+            if log is not None:
+                log(f"checkpoint {ckpt.name} is unreadable ({errors[-1]}); trying the previous one")
+    raise DataError(
+        file=str(root), expected="a readable checkpoint", found="; ".join(errors) or "none"
+    )
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
