@@ -263,10 +263,16 @@ def test_full_round_trip(tmp_path: Path) -> None:
             type="categorical",
             column="uid",
             vocab=VocabSpec(min_count=2, max_size=1000),
+            on_missing="oov",  # the policy defaults are filled in per kind
             embedding=EmbeddingSpec(dim=16, table="users", pooling="sum", sharding="row_wise"),
         ),
         FeatureSpec(
-            name="item_id", type="categorical", column="iid", hash_buckets=1000, embedding=items
+            name="item_id",
+            type="categorical",
+            column="iid",
+            hash_buckets=1000,
+            on_missing="oov",
+            embedding=items,
         ),
         FeatureSpec(
             name="history",
@@ -275,14 +281,24 @@ def test_full_round_trip(tmp_path: Path) -> None:
             hash_buckets=1000,
             max_len=20,
             separator=";",
+            on_missing="oov",
+            on_empty="keep",
             embedding=items,  # dim and pooling inherited from the table
         ),
-        FeatureSpec(name="age", type="numeric", column="age", normalize="minmax", fill=30.5),
+        FeatureSpec(
+            name="age",
+            type="numeric",
+            column="age",
+            normalize="minmax",
+            fill=30.5,
+            on_missing="fill",
+        ),
         FeatureSpec(
             name="age_bucket",
             type="numeric",
             column="age",
             buckets=BucketSpec(boundaries=[18.0, 30.5, 60.0]),
+            on_missing="oov",
             embedding=EmbeddingSpec(dim=4, table="age_bucket", pooling="sum"),
         ),
         FeatureSpec(
@@ -291,6 +307,7 @@ def test_full_round_trip(tmp_path: Path) -> None:
             column="income",
             normalize="log",
             buckets=BucketSpec(num_buckets=10),
+            on_missing="oov",
             embedding=EmbeddingSpec(dim=4, table="income_bucket", pooling="sum"),
         ),
         FeatureSpec(
@@ -298,6 +315,8 @@ def test_full_round_trip(tmp_path: Path) -> None:
             type="categorical",
             column="city",
             num_embeddings=500,
+            on_missing="error",
+            on_out_of_range="error",
             embedding=EmbeddingSpec(dim=8, table="city", pooling="sum", sharding="table_wise"),
         ),
     ]
@@ -598,6 +617,25 @@ CATALOGUE = [
     case("decay-zero", ("      decay: 0.999\n", "      decay: 0\n"), "tasks[1].weight.decay", "decay: 0", "a number in (0, 1], found 0.0"),
     case("decay-above-one", ("      decay: 0.999\n", "      decay: 1.5\n"), "tasks[1].weight.decay", "decay: 1.5", "(0, 1]"),
     case("initial-negative", ("      initial: 1.0\n", "      initial: -1\n"), "tasks[1].weight.initial", "initial", ">= 0"),
+    # data policies
+    case("unknown-on-missing", ("    normalize: standard\n", "    normalize: standard\n    on_missing: dorp\n"), "features[3].on_missing", "dorp", "one of fill, drop, error", "did you mean 'drop'?"),
+    case("oov-on-numeric", ("    normalize: standard\n", "    normalize: standard\n    on_missing: oov\n"), "features[3].on_missing", "on_missing: oov", "one of fill, drop, error", "found 'oov'"),
+    case("fill-on-vocab-categorical", ("      min_count: 2\n", "      min_count: 2\n    on_missing: fill\n"), "features[0].on_missing", "on_missing: fill", "one of oov, drop, error"),
+    case("out-of-range-without-identity", ("    column: uid\n", "    column: uid\n    on_out_of_range: clip\n"), "features[0].on_out_of_range", "on_out_of_range", "identity-mapped ids only"),
+    case("identity-fill-without-id", [("    vocab:\n      min_count: 2\n", "    num_embeddings: 10\n    on_missing: fill\n")], "features[0].on_missing", "on_missing: fill", "a 'fill: <id>' beside on_missing: fill", "found no fill"),
+    case("identity-fill-out-of-range", [("    vocab:\n      min_count: 2\n", "    num_embeddings: 10\n    fill: 12\n")], "features[0].fill", "fill: 12", "an integer id in [0, 10)", "found 12.0"),
+    case("identity-fill-policy-needs-id", [("    vocab:\n      min_count: 2\n", "    num_embeddings: 10\n    on_out_of_range: fill\n")], "features[0].on_out_of_range", "on_out_of_range: fill", "a 'fill: <id>' beside on_out_of_range: fill", "found no fill"),
+    case("on-empty-on-categorical", ("    column: iid\n", "    column: iid\n    on_empty: drop\n"), "features[1].on_empty", "on_empty", "sequence only"),
+    case("unknown-on-empty", ("    max_len: 50\n", "    max_len: 50\n    on_empty: skip\n"), "features[2].on_empty", "on_empty: skip", "one of keep, oov, drop, error"),
+    case("clip-min-above-max", ("    normalize: standard\n", "    normalize: standard\n    clip: {min: 5, max: 1}\n"), "features[3].clip", "clip:", "min < max", "found min 5, max 1"),
+    case("clip-empty", ("    normalize: standard\n", "    normalize: standard\n    clip: {}\n"), "features[3].clip", "clip:", "min, max or both", "found neither"),
+    case("clip-on-categorical", ("    column: uid\n", "    column: uid\n    clip: {max: 3}\n"), "features[0].clip", "clip:", "no clip on a categorical feature (numeric only)"),
+    case("clip-unknown-key", ("    normalize: standard\n", "    normalize: standard\n    clip: {min: 0, maximum: 9}\n"), "features[3].clip.maximum", "clip:", "did you mean 'max'?"),
+    case("on-invalid-on-regression", ("    type: regression\n", "    type: regression\n    on_invalid: drop\n"), "tasks[2].on_invalid", "on_invalid", "binary 0/1 labels only"),
+    case("unknown-on-invalid", ("    type: binary\n", "    type: binary\n    on_invalid: ignore\n"), "tasks[0].on_invalid", "on_invalid", "one of error, drop"),
+    case("max-dropped-fraction", ("data:\n", "data:\n  max_dropped_fraction: 1.5\n"), "data.max_dropped_fraction", "max_dropped_fraction", "a number in [0, 1], found 1.5"),
+    case("unknown-nonfinite-action", ("  seed: 0\n", "  seed: 0\n  on_nonfinite_loss: ignore\n"), "train.on_nonfinite_loss", "on_nonfinite_loss", "one of stop, skip"),
+    case("negative-max-skipped", ("  seed: 0\n", "  seed: 0\n  max_skipped_steps: -1\n"), "train.max_skipped_steps", "max_skipped_steps", "int >= 0"),
     # model
     case("unknown-architecture", ("  architecture: ple\n", "  architecture: plee\n"), "model.architecture", "plee", "did you mean 'ple'?"),
     case("unknown-activation", ("  activation: relu\n", "  activation: rellu\n"), "model.activation", "rellu", "did you mean 'relu'?"),

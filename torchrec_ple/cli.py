@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a spec, and its data's schema when reachable")
     _add_spec_args(p)
     p.add_argument("--no-data", action="store_true", help="check the spec only")
+    p.add_argument(
+        "--scan",
+        action="store_true",
+        help="also read every row through the transforms and data policies, as fit would "
+        "(loads the data into memory); prints what the policies fill, clip and drop",
+    )
 
     p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
     _add_spec_args(p)
@@ -112,10 +118,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"architecture {spec.model.architecture})"
     )
     if not args.no_data:
-        from torchrec_ple.data.validate import check_data
+        from torchrec_ple.data.validate import check_data, scan_data
 
         for line in check_data(spec):
             print(line)
+        if args.scan:
+            for line in scan_data(spec):
+                print(line)
     return 0
 
 

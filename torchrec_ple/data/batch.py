@@ -10,7 +10,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from torchrec_ple.data.transforms import EncodedData
+from torchrec_ple.data.transforms import EncodedData, gather_jagged
 
 
 @dataclass
@@ -57,21 +57,6 @@ class MultiTaskBatch(Pipelineable):
         return int(self.labels.shape[0])
 
 
-def _gather_jagged(
-    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and lengths of the bags ``rows`` of a jagged array, without a Python loop."""
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return values[:0], lengths
-    # Position of each output value: its bag's start plus its index inside the bag.
-    out_starts = np.cumsum(lengths) - lengths
-    pos = np.repeat(starts - out_starts, lengths) + np.arange(total)
-    return values[pos], lengths
-
-
 def build_batch(
     data: EncodedData, rows: np.ndarray, valid: Optional[np.ndarray] = None
 ) -> MultiTaskBatch:
@@ -94,7 +79,7 @@ def build_batch(
             all_values.append(values[rows])
             all_lengths.append(np.ones(b, dtype=np.int32))
         else:
-            v, lengths = _gather_jagged(values, offsets, rows)
+            v, lengths = gather_jagged(values, offsets, rows)
             all_values.append(v)
             all_lengths.append(lengths.astype(np.int32))
     if data.keys:

@@ -34,8 +34,42 @@ def read_schema(fs: FileSpec) -> pa.Schema:
     """Column names and types, reading only Parquet metadata or a small CSV sample."""
     _check_exists(fs)
     if file_format(fs) == "parquet":
-        return ds.dataset(str(fs.path), format="parquet").schema
+        return _parquet_dataset(fs).schema
     return _read_csv(fs, nrows=1000).schema
+
+
+def _parquet_dataset(fs: FileSpec) -> ds.Dataset:
+    try:
+        return ds.dataset(str(fs.path), format="parquet")
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(
+            file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_parquet_files(dataset: ds.Dataset, fs: FileSpec, wanted: Sequence[str]) -> None:
+    """Every file of a Parquet directory has the wanted columns (footers only): pyarrow
+    would silently read a column a file lacks as nulls."""
+    for frag in dataset.get_fragments():
+        try:
+            names = frag.physical_schema.names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(
+                file=frag.path, expected="a readable Parquet file", found=_first_line(e)
+            ) from None
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise DataError(
+                file=frag.path,
+                column=missing[0],
+                expected=f"the columns of the other files of {fs.path}",
+                found=f"a file without {missing}",
+            )
 
 
 def csv_options(fs: FileSpec) -> Dict[str, Any]:
@@ -76,7 +110,15 @@ def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Tabl
     if wanted is not None:
         require_columns(fs, read_schema(fs).names, wanted)
     if file_format(fs) == "parquet":
-        table = ds.dataset(str(fs.path), format="parquet").to_table(columns=wanted)
+        dataset = _parquet_dataset(fs)
+        if fs.path.is_dir():
+            _check_parquet_files(dataset, fs, wanted or dataset.schema.names)
+        try:
+            table = dataset.to_table(columns=wanted)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(
+                file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+            ) from None
     else:
         table = _read_csv(fs)
         if wanted is not None:

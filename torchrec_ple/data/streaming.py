@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_ple.data.batch import MultiTaskBatch, _gather_jagged, build_batch
+from torchrec_ple.data.batch import MultiTaskBatch, build_batch
 from torchrec_ple.data.sources import (
     csv_options,
     file_format,
@@ -45,6 +45,8 @@ from torchrec_ple.data.transforms import (
     EncodedData,
     FeatureTransforms,
     fit_columns,
+    merge_reports,
+    take_encoded,
 )
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
@@ -366,29 +368,6 @@ def concat_encoded(parts: Sequence[EncodedData]) -> EncodedData:
     )
 
 
-def take_encoded(data: EncodedData, rows: np.ndarray) -> EncodedData:
-    """The ``rows`` (int64 indices) of encoded data, as new encoded data."""
-    values, offsets = [], []
-    for v, o in zip(data.values, data.offsets):
-        if o is None:
-            values.append(v[rows])
-            offsets.append(None)
-        else:
-            taken, lengths = _gather_jagged(v, o, rows)
-            new = np.zeros(len(rows) + 1, np.int64)
-            np.cumsum(lengths, out=new[1:])
-            values.append(taken)
-            offsets.append(new)
-    return EncodedData(
-        keys=data.keys,
-        values=values,
-        offsets=offsets,
-        dense=data.dense[rows],
-        labels=data.labels[rows],
-        masks=data.masks[rows],
-    )
-
-
 def pad_batch(
     batch: Optional[MultiTaskBatch], size: int, keys: List[str], dense_dim: int, tasks: int
 ) -> MultiTaskBatch:
@@ -448,6 +427,14 @@ class _Remainder:
     """A worker's last rows (fewer than a batch), merged across workers by the wrapper."""
 
     data: EncodedData
+
+
+@dataclass
+class _Counts:
+    """The encoding report of one chunk (rows filled, clipped, dropped...), summed by the
+    wrapper into the epoch's report."""
+
+    report: Dict[str, Any]
 
 
 @dataclass
@@ -526,14 +513,16 @@ class _RankStream(IterableDataset):
         state["_files"] = {}
         return state
 
-    def __iter__(self) -> Iterator[Union[_Packed, _Remainder]]:
+    def __iter__(self) -> Iterator[Union[_Packed, _Remainder, _Counts]]:
         info = get_worker_info()
         wid, workers = (0, 1) if info is None else (info.id, info.num_workers)
         self._files = {}  # handles inherited through fork stay the parent's
         for item in self.iterate(wid, workers):
             yield _Packed.pack(item) if isinstance(item, MultiTaskBatch) else item
 
-    def iterate(self, worker: int, workers: int) -> Iterator[Union[MultiTaskBatch, _Remainder]]:
+    def iterate(
+        self, worker: int, workers: int
+    ) -> Iterator[Union[MultiTaskBatch, _Remainder, _Counts]]:
         frags = split_fragments(self.fragments, workers)[worker]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 0, worker])
         if self.shuffle:
@@ -546,7 +535,8 @@ class _RankStream(IterableDataset):
         n_held = 0
         for frag in frags:
             for table in read_fragment(frag, self.fs, self.columns, self.read_rows, self._files):
-                enc = self.transforms.encode(table)
+                enc = self.transforms.encode(table, dropped="mask")
+                yield _Counts(enc.report)
                 held.append(enc)
                 n_held += enc.num_rows
                 if n_held >= threshold:
@@ -646,6 +636,7 @@ class StreamingBatches:
         self._rank = rank
         self._shuffle = shuffle
         self._start_batch = 0
+        self._counts: Dict[str, Any] = {}  # the last complete epoch's encoding report
         self._stream = _RankStream(
             fragments=plan[rank],
             fs=fs,
@@ -690,6 +681,8 @@ class StreamingBatches:
             "fragments": len(self._stream.fragments),
             "padding_rows": self._num_batches * self._batch_size - self.num_rows,
             "streaming": True,
+            # this rank, one epoch: "rows dropped" stay in the batches with zero masks
+            "encoded": self._counts,
         }
 
     def _source(self) -> Iterator[Union[MultiTaskBatch, _Packed, _Remainder]]:
@@ -722,8 +715,11 @@ class StreamingBatches:
                 yield batch
 
         remainders: List[EncodedData] = []
+        counts: Dict[str, Any] = {}
         for item in self._source():
-            if isinstance(item, _Remainder):
+            if isinstance(item, _Counts):
+                counts = merge_reports(counts, item.report)
+            elif isinstance(item, _Remainder):
                 remainders.append(item.data)
             else:
                 yield from out(item.unpack() if isinstance(item, _Packed) else item)
@@ -740,6 +736,7 @@ class StreamingBatches:
                 yield from out(pad_batch(batch, b, self._keys, self._dense_dim, self._tasks))
         while emitted < self._num_batches:
             yield from out(pad_batch(None, b, self._keys, self._dense_dim, self._tasks))
+        self._counts = counts
 
 
 def streaming_loader(
@@ -793,5 +790,4 @@ __all__ = [
     "read_fragment",
     "split_fragments",
     "streaming_loader",
-    "take_encoded",
 ]

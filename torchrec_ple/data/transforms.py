@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.atomic import write_text_atomic
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FeatureSpec, Spec, TaskSpec
 
@@ -89,6 +90,44 @@ class EncodedData:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def gather_jagged(
+    values: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values and lengths of the bags ``rows`` of a jagged array, without a Python loop."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return values[:0], lengths
+    # Position of each output value: its bag's start plus its index inside the bag.
+    out_starts = np.cumsum(lengths) - lengths
+    pos = np.repeat(starts - out_starts, lengths) + np.arange(total)
+    return values[pos], lengths
+
+
+def take_encoded(data: EncodedData, rows: np.ndarray) -> EncodedData:
+    """The ``rows`` (int64 indices) of encoded data, as new encoded data (no report)."""
+    values, offsets = [], []
+    for v, o in zip(data.values, data.offsets):
+        if o is None:
+            values.append(v[rows])
+            offsets.append(None)
+        else:
+            taken, lengths = gather_jagged(v, o, rows)
+            new = np.zeros(len(rows) + 1, np.int64)
+            np.cumsum(lengths, out=new[1:])
+            values.append(taken)
+            offsets.append(new)
+    return EncodedData(
+        keys=data.keys,
+        values=values,
+        offsets=offsets,
+        dense=data.dense[rows],
+        labels=data.labels[rows],
+        masks=data.masks[rows],
+    )
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -253,10 +292,7 @@ class FeatureTransforms:
     # -- persistence
     def save(self, path: str | Path) -> None:
         """Write the fitted state as JSON (atomically: temp file then rename)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self._state))
-        tmp.replace(path)
+        write_text_atomic(Path(path), json.dumps(self._state))
 
     @classmethod
     def load(cls, spec: Spec, path: str | Path) -> FeatureTransforms:
@@ -316,24 +352,48 @@ class FeatureTransforms:
         return len(self._spec.dense_features)
 
     # -- encoding
-    def encode(self, table: pa.Table) -> EncodedData:
-        """Encode a raw table (train, validation or new data) with the fitted state."""
+    def encode(self, table: pa.Table, dropped: str = "remove") -> EncodedData:
+        """Encode a raw table (train, validation or new data) with the fitted state.
+
+        Bad cells follow the features' and tasks' policies (``on_missing``,
+        ``on_out_of_range``, ``on_empty``, ``clip``, ``on_invalid``); every changed or
+        dropped row is counted in ``report``.
+
+        Args:
+            table (pa.Table): raw rows.
+            dropped (str): what becomes of the rows a ``drop`` policy rejects:
+                ``remove`` (default); ``mask``: they stay, encoded with a valid fallback
+                (fill value, row 0, clipped id), outside every task's sample space (all
+                masks 0), so streaming keeps its planned batch count; ``keep``: the
+                fallback encoding, masks untouched and no ``max_dropped_fraction`` check
+                (prediction: one output per input row).
+
+        Returns:
+            EncodedData: the model-ready arrays and the report.
+
+        Raises:
+            DataError: a cell an ``error`` policy rejects, or more dropped rows than
+                ``data.max_dropped_fraction``.
+        """
         n = table.num_rows
         report: Dict[str, Any] = {"rows": n, "features": {}, "tasks": {}}
+        rejected: Dict[str, np.ndarray] = {}  # reason -> rows a drop policy rejects
         keys: List[str] = []
         values: List[np.ndarray] = []
         offsets: List[Optional[np.ndarray]] = []
         for f in self._spec.sparse_features:
-            ids, offs, rep = self._encode_sparse(table, f)
+            ids, offs, rep, drop = self._encode_sparse(table, f)
             keys.append(f.name)
             values.append(ids)
             offsets.append(offs)
             report["features"][f.name] = rep
+            rejected.update(drop)
         dense_cols = []
         for f in self._spec.dense_features:
-            col, rep = self._encode_numeric(table, f)
+            col, rep, drop = self._encode_numeric(table, f)
             dense_cols.append(col)
             report["features"][f.name] = rep
+            rejected.update(drop)
         dense = (
             np.stack(dense_cols, axis=1).astype(np.float32)
             if dense_cols
@@ -346,13 +406,41 @@ class FeatureTransforms:
             labels[:, k] = y
             masks[:, k] = m
             report["tasks"][t.name] = rep
-        return EncodedData(keys, values, offsets, dense, labels, masks, report)
+        data = EncodedData(keys, values, offsets, dense, labels, masks, report)
+        bad = np.zeros(n, dtype=bool)
+        for rows in rejected.values():
+            bad |= rows
+        n_bad = int(bad.sum())
+        report["dropped_rows"] = n_bad
+        report["dropped"] = {reason: int(rows.sum()) for reason, rows in rejected.items()}
+        if n_bad == 0 or dropped == "keep":
+            return data
+        limit = self._spec.data.max_dropped_fraction
+        if n_bad > limit * n:
+            why = ", ".join(f"{r}: {c}" for r, c in report["dropped"].items() if c)
+            raise DataError(
+                expected=f"at most data.max_dropped_fraction={limit:g} of the rows dropped",
+                found=f"{n_bad} of {n} rows ({why})",
+                hint="a wrong column or a broken join? raise the limit if this is expected",
+            )
+        if dropped == "mask":
+            data.masks[bad] = 0.0
+            data.labels[bad] = 0.0
+            return data
+        kept = take_encoded(data, np.flatnonzero(~bad))
+        kept.report = report
+        for name, rep in report["tasks"].items():
+            k = [t.name for t in self._spec.tasks].index(name)
+            rep["in_sample_space"] = int(kept.masks[:, k].sum())
+        return kept
 
     def _encode_sparse(
         self, table: pa.Table, f: FeatureSpec
-    ) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, int]]:
+    ) -> Tuple[np.ndarray, Optional[np.ndarray], Dict[str, int], Dict[str, np.ndarray]]:
         arr = _column(table, f.column)
+        n = len(arr)
         rep: Dict[str, int] = {}
+        drop: Dict[str, np.ndarray] = {}
         if f.buckets is not None:
             x = _as_numeric(arr, f.column)
             edges = np.asarray(self._state["buckets"][f.name], dtype=np.float64)
@@ -360,50 +448,118 @@ class FeatureTransforms:
             missing = ~np.isfinite(x)
             ids[missing] = 0
             rep["missing"] = int(missing.sum())
-            return ids, None, rep
+            self._missing_policy(f, missing, drop, "non-finite or missing values")
+            return ids, None, rep, drop
         flat, offs = _flatten(arr, f)
         if offs is not None:
-            rep["empty_lists"] = int((np.diff(offs) == 0).sum())
+            lengths = np.diff(offs)
+            empty = lengths == 0
+            rep["empty_lists"] = int(empty.sum())
+            if empty.any() and f.on_empty == "error":
+                raise DataError(
+                    column=f.column,
+                    expected="non-empty lists (on_empty: error)",
+                    found=f"{int(empty.sum())} empty or missing lists, e.g. row {_first(empty)}",
+                )
+            if f.on_empty == "drop":
+                drop[f"{f.name}: empty"] = empty
         if f.num_embeddings is not None:
-            if flat.null_count:
-                raise DataError(
-                    column=f.column,
-                    expected=f"ids in [0, {f.num_embeddings}) on every row (identity mapping)",
-                    found=f"{flat.null_count} missing values",
-                )
-            ids = _as_numeric(flat, f.column)
-            bad = (ids < 0) | (ids >= f.num_embeddings) | (ids != np.round(ids))
-            if bad.any():
-                raise DataError(
-                    column=f.column,
-                    expected=f"integer ids in [0, {f.num_embeddings}) (identity mapping: num_embeddings)",
-                    found=f"{int(bad.sum())} values outside, e.g. {ids[bad][0]:g}",
-                )
-            return ids.astype(np.int64), offs, rep
-        if f.hash_buckets is not None:
+            ids, row_bad = self._identity_ids(flat, f, rep)
+        elif f.hash_buckets is not None:
             ids = _hash(flat, f.hash_buckets)
             rep["missing"] = int((ids == 0).sum())
-            return ids, offs, rep
-        vocab = self._state["vocabs"][self._spec.table_of(f)]
-        key_type = pa.int64() if vocab["type"] == "int64" else pa.string()
-        keys = _normalize_ids(flat)
-        if keys.type != key_type:
-            keys = keys.cast(pa.string())
-            value_set = pa.array([str(v) for v in vocab["values"]], pa.string())
+            row_bad = {"missing": ids == 0}
         else:
-            value_set = pa.array(vocab["values"], key_type)
-        idx = pc.index_in(keys, value_set=value_set).fill_null(-1)
-        ids = idx.to_numpy(zero_copy_only=False).astype(np.int64) + 1
-        rep["missing"] = int(keys.null_count)
-        rep["out_of_vocabulary"] = int((ids == 0).sum()) - rep["missing"]
-        return ids, offs, rep
+            vocab = self._state["vocabs"][self._spec.table_of(f)]
+            key_type = pa.int64() if vocab["type"] == "int64" else pa.string()
+            keys = _normalize_ids(flat)
+            if keys.type != key_type:
+                keys = keys.cast(pa.string())
+                value_set = pa.array([str(v) for v in vocab["values"]], pa.string())
+            else:
+                value_set = pa.array(vocab["values"], key_type)
+            idx = pc.index_in(keys, value_set=value_set).fill_null(-1)
+            ids = idx.to_numpy(zero_copy_only=False).astype(np.int64) + 1
+            missing = np.asarray(keys.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            rep["missing"] = int(missing.sum())
+            rep["out_of_vocabulary"] = int((ids == 0).sum()) - rep["missing"]
+            row_bad = {"missing": missing}
+        for reason, bad_values in row_bad.items():
+            rows = _rows_of(bad_values, offs, n)
+            if reason == "missing":
+                self._missing_policy(f, rows, drop, "missing values")
+            else:
+                drop[f"{f.name}: {reason}"] = rows
+        if offs is not None and f.on_empty == "oov" and empty.any():
+            ids, offs = _fill_empty(ids, offs, empty)
+        return ids, offs, rep, drop
 
-    def _encode_numeric(self, table: pa.Table, f: FeatureSpec) -> Tuple[np.ndarray, Dict[str, int]]:
+    def _missing_policy(
+        self, f: FeatureSpec, rows: np.ndarray, drop: Dict[str, np.ndarray], what: str
+    ) -> None:
+        if not rows.any():
+            return
+        if f.on_missing == "error":
+            raise DataError(
+                column=f.column,
+                expected=f"no {what} (features '{f.name}' on_missing: error)",
+                found=f"{int(rows.sum())} rows with them, e.g. row {_first(rows)}",
+            )
+        if f.on_missing == "drop":
+            drop[f"{f.name}: missing"] = rows
+
+    def _identity_ids(
+        self, flat: pa.Array, f: FeatureSpec, rep: Dict[str, int]
+    ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """Ids of an identity-mapped feature; bad ones replaced by a valid fallback."""
+        n_emb = f.num_embeddings
+        assert n_emb is not None
+        x = _as_numeric(flat, f.column)
+        missing = ~np.isfinite(x)
+        rep["missing"] = int(missing.sum())
+        if missing.any() and f.on_missing == "error":
+            raise DataError(
+                column=f.column,
+                expected=f"ids in [0, {n_emb}) on every row (identity mapping; or set "
+                f"on_missing: drop or fill)",
+                found=f"{int(missing.sum())} missing values",
+            )
+        out = ~missing & ((x < 0) | (x >= n_emb) | (x != np.round(x)))
+        rep["out_of_range"] = int(out.sum())
+        if out.any() and f.on_out_of_range == "error":
+            raise DataError(
+                column=f.column,
+                expected=f"integer ids in [0, {n_emb}) (identity mapping: num_embeddings; "
+                f"or set on_out_of_range: clip, fill or drop)",
+                found=f"{int(out.sum())} values outside, e.g. {x[out][0]:g}",
+            )
+        fill = int(f.fill) if f.fill is not None else 0
+        ids = np.where(missing, fill, x)
+        if f.on_out_of_range == "clip":
+            ids = np.where(out, np.clip(np.round(x), 0, n_emb - 1), ids)
+        else:
+            ids = np.where(out, fill, ids)
+        bad: Dict[str, np.ndarray] = {"missing": missing}
+        if f.on_out_of_range == "drop":
+            bad["out of range"] = out
+        return ids.astype(np.int64), bad
+
+    def _encode_numeric(
+        self, table: pa.Table, f: FeatureSpec
+    ) -> Tuple[np.ndarray, Dict[str, int], Dict[str, np.ndarray]]:
         x = _as_numeric(_column(table, f.column), f.column)
         st = self._state["numeric"][f.name]
         bad = ~np.isfinite(x)
-        rep = {"missing_or_nonfinite_filled": int(bad.sum())}
+        drop: Dict[str, np.ndarray] = {}
+        self._missing_policy(f, bad, drop, "missing or non-finite values")
+        rep = {"missing_or_nonfinite_filled": int(bad.sum()) if f.on_missing == "fill" else 0}
         x = np.where(bad, st["fill"], x)
+        if f.clip is not None:
+            lo = -np.inf if f.clip.min is None else f.clip.min
+            hi = np.inf if f.clip.max is None else f.clip.max
+            clipped = ~bad & ((x < lo) | (x > hi))
+            rep["clipped"] = int(clipped.sum())
+            x = np.clip(x, lo, hi)
         if f.normalize == "standard":
             x = (x - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
         elif f.normalize == "minmax":
@@ -411,13 +567,14 @@ class FeatureTransforms:
             x = (x - st["min"]) / (span if span > 0 else 1.0)
         elif f.normalize == "log":
             x = np.sign(x) * np.log1p(np.abs(x))
-        return x, rep
+        return x, rep, drop
 
     def _encode_label(
         self, table: pa.Table, t: TaskSpec
     ) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
         arr = _column(table, t.label)
         present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        invalid = np.zeros(len(arr), dtype=bool)
         if t.type == "binary" and t.positive is not None:
             keys = _normalize_ids(arr)
             pos = [p for p in t.positive]
@@ -433,19 +590,88 @@ class FeatureTransforms:
             y = _as_numeric(arr, t.label)
             present &= np.isfinite(y)
             if t.type == "binary":
-                bad = present & (y != 0) & (y != 1)
-                if bad.any():
+                invalid = present & (y != 0) & (y != 1)
+                if invalid.any() and t.on_invalid == "error":
                     raise DataError(
                         column=t.label,
-                        expected=f"binary labels in {{0, 1}} for task '{t.name}' (or set 'positive: [...]')",
-                        found=f"{int(bad.sum())} other values, e.g. {y[bad][0]:g}",
+                        expected=f"binary labels in {{0, 1}} for task '{t.name}' (or set "
+                        f"'positive: [...]', or on_invalid: drop)",
+                        found=f"{int(invalid.sum())} other values, e.g. {y[invalid][0]:g}",
                     )
-        in_space = present.copy()
+        in_space = present & ~invalid
         if t.sample_space is not None:
             in_space &= _condition(table, t)
         y = np.where(in_space, y, 0.0)
         rep = {"in_sample_space": int(in_space.sum()), "label_missing": int((~present).sum())}
+        if t.on_invalid == "drop":
+            rep["label_invalid_dropped"] = int(invalid.sum())
         return y.astype(np.float32), in_space.astype(np.float32), rep
+
+
+def merge_reports(total: Dict[str, Any], part: Dict[str, Any]) -> Dict[str, Any]:
+    """Sum two encoding reports (nested dicts of counts) into a new one."""
+    out = dict(total)
+    for k, v in part.items():
+        if isinstance(v, dict):
+            out[k] = merge_reports(out.get(k) or {}, v)
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            out[k] = out.get(k, 0) + int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def describe_report(report: Dict[str, Any]) -> List[str]:
+    """What encoding changed or dropped, one short phrase per feature/task with counts."""
+    out: List[str] = []
+    if report.get("dropped_rows"):
+        why = ", ".join(f"{r} {c}" for r, c in report.get("dropped", {}).items() if c)
+        out.append(f"{report['dropped_rows']} rows dropped ({why})")
+    names = {
+        "missing_or_nonfinite_filled": "filled",
+        "clipped": "clipped",
+        "missing": "missing",
+        "out_of_vocabulary": "out of vocabulary",
+        "out_of_range": "out of range",
+        "empty_lists": "empty lists",
+        "label_missing": "labels missing",
+        "label_invalid_dropped": "invalid labels dropped",
+    }
+    for group in ("features", "tasks"):
+        for name, rep in report.get(group, {}).items():
+            parts = [f"{rep[k]} {label}" for k, label in names.items() if rep.get(k)]
+            if parts:
+                out.append(f"{name}: {', '.join(parts)}")
+    return out
+
+
+def _first(rows: np.ndarray) -> int:
+    return int(np.flatnonzero(rows)[0])
+
+
+def _rows_of(bad_values: np.ndarray, offsets: Optional[np.ndarray], n: int) -> np.ndarray:
+    """Rows holding at least one bad value (``bad_values`` is per flat value)."""
+    if offsets is None:
+        return bad_values
+    rows = np.zeros(n, dtype=bool)
+    if bad_values.any():
+        row_of_value = np.repeat(np.arange(n), np.diff(offsets))
+        rows[row_of_value[bad_values]] = True
+    return rows
+
+
+def _fill_empty(
+    ids: np.ndarray, offsets: np.ndarray, empty: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Put one id 0 (out of vocabulary / missing row) into every empty list."""
+    lengths = np.diff(offsets)
+    new_len = np.where(empty, 1, lengths)
+    new_offsets = np.zeros_like(offsets)
+    np.cumsum(new_len, out=new_offsets[1:])
+    out = np.zeros(int(new_offsets[-1]), dtype=ids.dtype)
+    keep = np.repeat(~empty, new_len)
+    out[keep] = ids
+    return out, new_offsets
 
 
 def _condition(table: pa.Table, t: TaskSpec) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""Checking a spec against its data's schema, reading only metadata or a small sample."""
+"""Checking a spec against its data: the schema from metadata (:func:`check_data`), or
+every row through the fitted transforms and the data policies (:func:`scan_data`)."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Tuple
 
 import pyarrow as pa
 
-from torchrec_ple.data.sources import read_schema, require_columns, spec_columns
+from torchrec_ple.data.sources import load_tables, read_schema, require_columns, spec_columns
+from torchrec_ple.data.transforms import EncodedData, FeatureTransforms, describe_report
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
 
@@ -76,3 +78,75 @@ def check_data(spec: Spec) -> List[str]:
         return [f"data: {spec.data.source} source (nothing to read)"]
     files = [f for f in (spec.data.train, spec.data.validation) if f is not None]
     return [check_file(spec, f) for f in files]
+
+
+def data_location(spec: Spec, split: str) -> str:
+    """Where a split's rows come from, for error messages."""
+    d = spec.data
+    if d.source == "synthetic":
+        return f"synthetic {split} data"
+    if d.source == "feast":
+        assert d.feast is not None
+        return f"Feast rows of {d.feast.entity_df} ({split})"
+    fs = d.train if split == "train" or d.validation is None else d.validation
+    assert fs is not None
+    if split == "validation" and d.validation is None:
+        return f"{fs.path} (the held-out validation rows)"
+    return str(fs.path)
+
+
+def fit_and_encode(
+    spec: Spec,
+    train: pa.Table,
+    validation: pa.Table,
+    transforms: Optional[FeatureTransforms] = None,
+) -> Tuple[FeatureTransforms, EncodedData, Optional[EncodedData]]:
+    """Fit transforms on ``train`` (unless given) and encode both tables.
+
+    A :class:`DataError` raised on the way names the file the rows came from.
+
+    Returns:
+        Tuple: (transforms, encoded train, encoded validation or None when empty).
+    """
+    split = "train"
+    try:
+        if transforms is None:
+            transforms = FeatureTransforms.fit(spec, train)
+        enc_train = transforms.encode(train)
+        split = "validation"
+        enc_valid = transforms.encode(validation) if validation.num_rows else None
+        split = "train"
+        for k, t in enumerate(spec.tasks):
+            if enc_train.masks[:, k].sum() == 0:
+                raise DataError(
+                    column=t.label,
+                    expected=f"at least one training row in task '{t.name}''s sample space",
+                    found="none (check its label column and sample_space condition)",
+                )
+    except DataError as e:
+        if e.file is None:
+            e.file = data_location(spec, split)
+        raise
+    return transforms, enc_train, enc_valid
+
+
+def scan_data(spec: Spec) -> List[str]:
+    """Read every row, fit the transforms and encode as training would, applying the data
+    policies: the errors training would meet, found before it starts. Non-streaming
+    reading: every row is loaded into memory.
+
+    Returns:
+        List[str]: per split, the rows and what the policies changed or dropped.
+    """
+    train, validation = load_tables(spec)
+    _, enc_train, enc_valid = fit_and_encode(spec, train, validation)
+    lines = []
+    for split, enc in (("train", enc_train), ("validation", enc_valid)):
+        if enc is None:
+            continue
+        rep = enc.report
+        lines.append(
+            f"{split} ({data_location(spec, split)}): {rep['rows']} rows read, {enc.num_rows} kept"
+        )
+        lines += [f"  {line}" for line in describe_report(rep)]
+    return lines

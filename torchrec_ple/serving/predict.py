@@ -12,7 +12,7 @@ task's label and sample-space columns, null columns in their place.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -61,6 +61,7 @@ class Scorer:
     transforms: FeatureTransforms
     fn: ScoreFn
     source: str
+    last_report: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def task_names(self) -> List[str]:
@@ -78,10 +79,14 @@ class Scorer:
         return np.concatenate(parts)
 
     def score_table(self, table: pa.Table, batch_size: int = 4096) -> np.ndarray:
-        """(N, K) float32 scores of raw rows (label columns optional)."""
-        return self.score_encoded(
-            self.transforms.encode(prediction_table(self.spec, table)), batch_size
-        )
+        """(N, K) float32 scores of raw rows (label columns optional), one per row.
+
+        Rows a training ``drop`` policy would reject are scored with the fallback
+        encoding (fill value, row 0, clipped id); :attr:`last_report` counts them.
+        """
+        data = self.transforms.encode(prediction_table(self.spec, table), dropped="keep")
+        self.last_report = data.report
+        return self.score_encoded(data, batch_size)
 
 
 def model_inputs(

@@ -175,7 +175,9 @@ def merge_feature_tags(
 
     def table(f: Dict[str, Any]) -> Any:
         emb = f.get("embedding")
-        return (emb.get("table") if isinstance(emb, dict) else None) or f.get("name")
+        t = (emb.get("table") if isinstance(emb, dict) else None) or f.get("name")
+        # A malformed name or table (a list, a mapping) is left to the checker to report.
+        return t if isinstance(t, str) else None
 
     def table_sets(t: Any, key: str) -> bool:
         return any(
@@ -189,7 +191,7 @@ def merge_feature_tags(
         column = f.get("column") or f.get("name")
         ftype = f.get("type")
         sparse = ftype in ("categorical", "sequence") or (ftype == "numeric" and f.get("buckets"))
-        if column not in tags or not sparse:
+        if not isinstance(column, str) or column not in tags or not sparse or table(f) is None:
             continue
         t = tags[column]
         emb_updates: Dict[str, Any] = {}

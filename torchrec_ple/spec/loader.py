@@ -50,7 +50,12 @@ from torchrec_ple.spec.schema import (
     FEATURE_TYPES,
     FILE_FORMATS,
     LOSS_WEIGHTINGS,
+    NONFINITE_LOSS_ACTIONS,
     NORMALIZERS,
+    ON_EMPTY,
+    ON_INVALID_LABEL,
+    ON_MISSING,
+    ON_OUT_OF_RANGE,
     POOLINGS,
     SHARDING_TYPES,
     TASK_TYPES,
@@ -611,6 +616,8 @@ class _Checker:
         self.within(P + ("validation_fraction",), 0 <= v < 1, "a number in [0, 1)", v)
         self.at_least(P + ("shuffle_buffer",), d.shuffle_buffer)
         self.at_least(P + ("num_workers",), d.num_workers, 0)
+        m = d.max_dropped_fraction
+        self.within(P + ("max_dropped_fraction",), 0 <= m <= 1, "a number in [0, 1]", m)
         if d.streaming and d.source != "files":
             self.err(P + ("streaming",), "streaming only with the 'files' source", "true")
         if d.streaming and d.validation is None and self.given(P + ("validation_fraction",)):
@@ -713,6 +720,7 @@ class _Checker:
             self.err(E + ("table",), "a non-empty table name", "''")
         if not self.choice(P + ("type",), f.type, FEATURE_TYPES):
             return
+        self.check_policies(f, P)
         if f.type == "numeric":
             self.check_numeric(f, P)
             return
@@ -731,11 +739,12 @@ class _Checker:
         if f.vocab is not None:
             self.at_least(P + ("vocab", "min_count"), f.vocab.min_count)
             self.at_least(P + ("vocab", "max_size"), f.vocab.max_size)
-        for k in ("buckets", "fill"):
-            if getattr(f, k) is not None:
+        for k in ("buckets", "fill", "clip"):
+            if getattr(f, k) is not None and not (k == "fill" and f.num_embeddings is not None):
                 self.err(
                     P + (k,),
-                    f"no {k} on a {f.type} feature (numeric only)",
+                    f"no {k} on a {f.type} feature (numeric only"
+                    + (", or an id with num_embeddings)" if k == "fill" else ")"),
                     format_value(self.raw_at(P + (k,))),
                 )
         if f.type == "categorical":
@@ -750,6 +759,71 @@ class _Checker:
             self.at_least(P + ("max_len",), f.max_len)
             if f.separator is not None and not f.separator:
                 self.err(P + ("separator",), "a non-empty separator", "''")
+
+    def check_policies(self, f: FeatureSpec, P: KeyPath) -> None:
+        """The data policies a feature of this kind takes; fills in the defaults."""
+        kind = f.kind
+        what = {"numeric": "a numeric", "sparse": "a vocabulary, hashed or bucketized"}
+        choices = ON_MISSING[kind]
+        if f.on_missing is None:
+            f.on_missing = choices[0]
+        elif self.choice(P + ("on_missing",), f.on_missing, choices):
+            if f.on_missing == "fill" and kind == "identity" and f.fill is None:
+                self.err(
+                    P + ("on_missing",),
+                    "a 'fill: <id>' beside on_missing: fill (the id missing values take)",
+                    "no fill",
+                )
+        if kind == "identity":
+            if f.on_out_of_range is None:
+                f.on_out_of_range = ON_OUT_OF_RANGE[0]
+            elif self.choice(P + ("on_out_of_range",), f.on_out_of_range, ON_OUT_OF_RANGE):
+                if f.on_out_of_range == "fill" and f.fill is None:
+                    self.err(
+                        P + ("on_out_of_range",),
+                        "a 'fill: <id>' beside on_out_of_range: fill (the id out-of-range "
+                        "values take)",
+                        "no fill",
+                    )
+            n, fill = f.num_embeddings, f.fill
+            if n is not None and fill is not None and not (0 <= fill < n and fill == int(fill)):
+                self.err(P + ("fill",), f"an integer id in [0, {n})", format_value(fill))
+        elif f.on_out_of_range is not None:
+            self.err(
+                P + ("on_out_of_range",),
+                "no on_out_of_range without num_embeddings (identity-mapped ids only; "
+                f"{what[kind]} feature has no range)",
+                format_value(f.on_out_of_range),
+            )
+        if f.type == "sequence":
+            if f.on_empty is None:
+                f.on_empty = ON_EMPTY[0]
+            elif self.choice(P + ("on_empty",), f.on_empty, ON_EMPTY):
+                if f.on_empty == "oov" and kind == "identity":
+                    self.err(
+                        P + ("on_empty",),
+                        "keep, drop or error on an identity-mapped sequence (it has no "
+                        "out-of-vocabulary row)",
+                        "oov",
+                    )
+        elif f.on_empty is not None:
+            self.err(
+                P + ("on_empty",),
+                "no on_empty on a non-sequence feature (sequence only)",
+                format_value(f.on_empty),
+            )
+        c = f.clip
+        if c is not None and f.type == "numeric":
+            if c.min is None and c.max is None:
+                self.err(P + ("clip",), "min, max or both", "neither")
+            elif c.min is not None and c.max is not None and not c.min < c.max:
+                self.err(P + ("clip",), "min < max", f"min {c.min:g}, max {c.max:g}")
+            if f.buckets is not None:
+                self.err(
+                    P + ("clip",),
+                    "no clip on a bucketized feature (its end buckets already hold the tails)",
+                    format_value(self.raw_at(P + ("clip",))),
+                )
 
     def check_numeric(self, f: FeatureSpec, P: KeyPath) -> None:
         for k in ("vocab", "hash_buckets", "num_embeddings", "max_len", "separator"):
@@ -912,6 +986,13 @@ class _Checker:
                 )
             elif ss.in_ is not None and (not ss.in_ or not all(_is_scalar(v) for v in ss.in_)):
                 self.err(S + ("in",), "a non-empty list of plain values", format_value(ss.in_))
+        if self.choice(P + ("on_invalid",), t.on_invalid, ON_INVALID_LABEL):
+            if t.on_invalid != "error" and (t.type != "binary" or t.positive is not None):
+                self.err(
+                    P + ("on_invalid",),
+                    "no on_invalid on a regression task or with positive (binary 0/1 labels only)",
+                    format_value(t.on_invalid),
+                )
         w, W = t.weight, P + ("weight",)
         self.within(W + ("decay",), 0 < w.decay <= 1, "a number in (0, 1]", w.decay)
         self.within(W + ("initial",), w.initial >= 0, "a number >= 0", w.initial)
@@ -1012,6 +1093,8 @@ class _Checker:
         self.at_least(T + ("log_every",), t.log_every)
         self.choice(T + ("weight_schedule_unit",), t.weight_schedule_unit, WEIGHT_UNITS)
         self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS)
+        self.choice(T + ("on_nonfinite_loss",), t.on_nonfinite_loss, NONFINITE_LOSS_ACTIONS)
+        self.at_least(T + ("max_skipped_steps",), t.max_skipped_steps, 0)
         for key, choices in (
             ("dense_optimizer", DENSE_OPTIMIZERS),
             ("embedding_optimizer", EMBEDDING_OPTIMIZERS),

@@ -41,6 +41,16 @@ FEAST_SPLITS = ("random", "time")
 FILE_FORMATS = ("parquet", "csv")
 WEIGHT_UNITS = ("step", "epoch")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+NONFINITE_LOSS_ACTIONS = ("stop", "skip")
+# Data policies: what a bad cell does, per kind of feature (the first is the default).
+ON_MISSING = {
+    "numeric": ("fill", "drop", "error"),
+    "sparse": ("oov", "drop", "error"),  # vocabulary, hashed and bucketized features
+    "identity": ("error", "drop", "fill"),  # num_embeddings: the raw values are the ids
+}
+ON_OUT_OF_RANGE = ("error", "clip", "drop", "fill")
+ON_EMPTY = ("keep", "oov", "drop", "error")
+ON_INVALID_LABEL = ("error", "drop")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
@@ -155,6 +165,9 @@ class DataSpec:
             Default: 100_000.
         num_workers (int): DataLoader worker processes reading streaming data, per rank;
             0 reads in the training process. Default: 0.
+        max_dropped_fraction (float): the ``drop`` policies may drop at most this
+            fraction of a table's rows (of a chunk when streaming); more is a DataError
+            (a broken join or a wrong column, not a few bad rows). Default: 0.1.
     """
 
     source: str = "files"
@@ -166,6 +179,7 @@ class DataSpec:
     streaming: bool = False
     shuffle_buffer: int = 100_000
     num_workers: int = 0
+    max_dropped_fraction: float = 0.1
 
 
 @dataclass
@@ -220,6 +234,19 @@ class EmbeddingSpec:
 
 
 @dataclass
+class ClipSpec:
+    """Clip a numeric feature's raw values into ``[min, max]`` (before normalizing).
+
+    Args:
+        min (Optional[float]): lower bound; none when omitted.
+        max (Optional[float]): upper bound; none when omitted.
+    """
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
 class FeatureSpec:
     """One input feature built from one raw column.
 
@@ -236,7 +263,20 @@ class FeatureSpec:
         normalize (str): numeric normalizer. Default: ``standard``.
         buckets (Optional[BucketSpec]): bucketize a numeric column into an embedding.
         fill (Optional[float]): value for missing numeric cells. Default: the training
-            mean (``standard``/``none``) or minimum (``minmax``/``log``).
+            mean (``standard``/``none``) or minimum (``minmax``/``log``). On an
+            identity-mapped feature: the id used by ``on_missing``/``on_out_of_range: fill``.
+        clip (Optional[ClipSpec]): clip numeric values into ``[min, max]``; every clipped
+            cell is counted.
+        on_missing (Optional[str]): what a missing (null, NaN, inf) cell does: ``fill``
+            (numeric default), ``oov`` (row 0: vocabulary/hashed/bucketized default),
+            ``error`` (identity-mapped default) or ``drop`` (the row leaves training and
+            evaluation). Every filled or dropped row is counted in ``metrics.json``.
+        on_out_of_range (Optional[str]): identity-mapped ids outside
+            ``[0, num_embeddings)`` or not integers: ``error`` (default), ``clip`` (to the
+            nearest valid id), ``fill`` (the ``fill`` id) or ``drop`` (the row).
+        on_empty (Optional[str]): an empty list in a sequence feature: ``keep`` (an
+            empty bag, pooled to zeros; default), ``oov`` (one out-of-vocabulary id),
+            ``drop`` (the row) or ``error``.
         embedding (EmbeddingSpec): embedding settings (sparse features).
     """
 
@@ -251,12 +291,24 @@ class FeatureSpec:
     normalize: str = "standard"
     buckets: Optional[BucketSpec] = None
     fill: Optional[float] = None
+    clip: Optional[ClipSpec] = None
+    on_missing: Optional[str] = None
+    on_out_of_range: Optional[str] = None
+    on_empty: Optional[str] = None
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
 
     @property
     def is_sparse(self) -> bool:
         """True when the feature feeds an embedding table."""
         return self.type in ("categorical", "sequence") or self.buckets is not None
+
+    @property
+    def kind(self) -> str:
+        """``numeric`` (dense), ``identity`` (num_embeddings) or ``sparse`` (the rest):
+        the key of :data:`ON_MISSING`."""
+        if not self.is_sparse:
+            return "numeric"
+        return "identity" if self.num_embeddings is not None else "sparse"
 
 
 @dataclass
@@ -306,6 +358,9 @@ class TaskSpec:
         sample_space (Optional[SampleSpaceSpec]): rows in the task's sample space;
             default: rows where the label is present.
         weight (WeightSpec): loss weight schedule.
+        on_invalid (str): a binary label outside {0, 1}: ``error`` (default) or ``drop``
+            (the row leaves this task's sample space; counted). Missing labels (null, NaN)
+            are outside the sample space by definition.
         esmm (Optional[str]): ESMM's entire-space option (Ma et al. 2018): the name of
             a binary CTR-like task. This task's output stays its own probability (CVR,
             evaluated on its sample space), but it is trained through
@@ -319,6 +374,7 @@ class TaskSpec:
     positive: Optional[List[Any]] = None
     sample_space: Optional[SampleSpaceSpec] = None
     weight: WeightSpec = field(default_factory=WeightSpec)
+    on_invalid: str = "error"
     esmm: Optional[str] = None
 
 
@@ -392,6 +448,13 @@ class TrainSpec:
         tensorboard (bool): write TensorBoard scalars under ``<out>/tensorboard``.
             Default: True.
         log_every (int): steps between TensorBoard training scalars. Default: 50.
+        on_nonfinite_loss (str): what a step with a NaN/inf loss does. Either way the step
+            is not applied (the loss is checked before the backward, so no weight, optimizer
+            state or fused embedding row changes). ``stop``: training stops with the step,
+            the tasks and the batch's rows. ``skip``: the batch is skipped, logged and
+            counted in ``metrics.json`` (``train.skipped_steps``). Default: ``stop``.
+        max_skipped_steps (int): with ``skip``, stop once more steps than this were
+            skipped (a diverging run). Default: 10.
     """
 
     batch_size: int = 1024
@@ -413,6 +476,8 @@ class TrainSpec:
     keep_checkpoints: int = 2
     tensorboard: bool = True
     log_every: int = 50
+    on_nonfinite_loss: str = "stop"
+    max_skipped_steps: int = 10
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from torchrec_ple.atomic import write_text_atomic
 from torchrec_ple.spec import SpecError, load_spec
 from torchrec_ple.spec.schema import ARCHITECTURES, Spec, TrainSpec
 
@@ -412,8 +413,8 @@ def _finish(result: Dict[str, Any], out: Path, plots: bool) -> None:
         return
     if plots:
         result["plots"] = _plots(result, out)
-    (out / COMPARE_JSON).write_text(json.dumps(result, indent=1, default=str))
-    (out / COMPARE_MD).write_text(compare_markdown(result))
+    write_text_atomic(out / COMPARE_JSON, json.dumps(result, indent=1, default=str))
+    write_text_atomic(out / COMPARE_MD, compare_markdown(result))
 
 
 def _plots(result: Dict[str, Any], out: Path) -> Dict[str, Any]:
@@ -560,8 +561,8 @@ def run_sweep(
         sweep["points"].append(entry)
         if _is_main():
             out.mkdir(parents=True, exist_ok=True)
-            (out / SWEEP_JSON).write_text(json.dumps(sweep, indent=1, default=str))
-            (out / SWEEP_MD).write_text(sweep_markdown(sweep))
+            write_text_atomic(out / SWEEP_JSON, json.dumps(sweep, indent=1, default=str))
+            write_text_atomic(out / SWEEP_MD, sweep_markdown(sweep))
     if _is_main():
         from torchrec_ple.train import plots
 
@@ -570,8 +571,8 @@ def run_sweep(
                 sweep["plot"] = "sweep_gains.png"
         except Exception as e:
             sweep["plot_error"] = f"{type(e).__name__}: {e}"
-        (out / SWEEP_JSON).write_text(json.dumps(sweep, indent=1, default=str))
-        (out / SWEEP_MD).write_text(sweep_markdown(sweep))
+        write_text_atomic(out / SWEEP_JSON, json.dumps(sweep, indent=1, default=str))
+        write_text_atomic(out / SWEEP_MD, sweep_markdown(sweep))
     return sweep
 
 

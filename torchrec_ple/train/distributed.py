@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
@@ -93,6 +94,28 @@ def quiet_known_warnings() -> None:
     )
 
 
+def _restart_store() -> Optional[dist.Store]:
+    """The process group's store after a ``torchrun --max-restarts`` restart, else None.
+
+    torchrun's agent keeps one TCP store across restarts, and the default process group's
+    keys are not scoped per restart: restarted workers may read the dead workers' gloo
+    addresses and fail ("connectFullMesh failed ... Connection refused") or hang. Keys
+    under a per-restart prefix keep the rounds apart. (Every agent restarts its workers
+    together, so the restart count agrees across nodes.)
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
+    return dist.PrefixStore(f"torchrec_ple/restart_{restart}", store)
+
+
 def init_distributed() -> DistContext:
     """Join the ``torchrun`` process group, or make a one-process group without it."""
     quiet_known_warnings()
@@ -100,7 +123,12 @@ def init_distributed() -> DistContext:
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend=backend)
+            store = _restart_store()
+            if store is None:
+                dist.init_process_group(backend=backend)
+            else:
+                rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+                dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
         else:
             # Quiet TorchRec's "Could not determine LOCAL_WORLD_SIZE" outside torchrun.
             os.environ.setdefault("LOCAL_WORLD_SIZE", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,18 +17,25 @@ import torch.distributed as dist
 import yaml
 from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
+from torchrec_ple.atomic import write_text_atomic
 from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.sources import load_tables
 from torchrec_ple.data.streaming import StreamingBatches, fit_transforms, streaming_loader
-from torchrec_ple.data.transforms import EncodedData, FeatureTransforms
+from torchrec_ple.data.transforms import (
+    EncodedData,
+    FeatureTransforms,
+    describe_report,
+    merge_reports,
+)
+from torchrec_ple.data.validate import fit_and_encode
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.loader import plain
 from torchrec_ple.spec.schema import OptimizerSpec, Spec
 from torchrec_ple.train.checkpoint import (
+    CheckpointWriteError,
     checkpoint_name,
     latest_checkpoint,
     list_checkpoints,
@@ -38,6 +46,7 @@ from torchrec_ple.train.checkpoint import (
 from torchrec_ple.train.distributed import DistContext, init_distributed, shard_model
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
 from torchrec_ple.train.metrics import task_metrics
+from torchrec_ple.train.pipeline import FiniteLossTrainPipeline
 
 logger = logging.getLogger("torchrec_ple")
 
@@ -96,16 +105,6 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
         [dmp.fused_optimizer, _dense_optimizer(dmp, spec.train.dense_optimizer)]
     )
     return TrainState(ctx, dmp, optimizer, transforms)
-
-
-def _check_sample_spaces(spec: Spec, data: EncodedData) -> None:
-    for k, t in enumerate(spec.tasks):
-        if data.masks[:, k].sum() == 0:
-            raise DataError(
-                column=t.label,
-                expected=f"at least one training row in task '{t.name}''s sample space",
-                found="none (check its label column and sample_space condition)",
-            )
 
 
 @torch.no_grad()
@@ -293,6 +292,8 @@ def fit(
         out_dir (Path): output directory (created).
         log (Callable[[str], None]): where rank 0's lines go. Default: print.
         resume (bool): continue from ``out_dir``'s newest checkpoint. Default: False.
+            Under ``torchrun --max-restarts``, a restarted worker (``TORCHELASTIC_RESTART_COUNT``
+            > 0) always resumes.
 
     Returns:
         Dict[str, Any]: the content of ``metrics.json``.
@@ -304,6 +305,13 @@ def fit(
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / CHECKPOINT_DIR
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts > 0 and not resume:
+        # torchrun --max-restarts restarted the workers after a failure: continue the run
+        # from its newest checkpoint rather than wiping it and starting over.
+        resume = True
+        if ctx.is_main:
+            log(f"torchrun restart {restarts}: resuming from the newest checkpoint")
     resume_from = latest_checkpoint(ckpt_root) if resume else None
     if not resume and ctx.is_main and ckpt_root.exists():
         # A fresh run must never be paired with an older run's newer-numbered checkpoints.
@@ -330,25 +338,26 @@ def fit(
         n_valid = valid_data.report["rows_all_ranks"] if valid_data is not None else 0
     else:
         train_table, valid_table = load_tables(spec)
+        saved = None
         if resume_from is not None:
-            transforms = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
-        else:
-            transforms = FeatureTransforms.fit(spec, train_table)
-        train_data = transforms.encode(train_table)
-        valid_data = transforms.encode(valid_table) if valid_table.num_rows else None
+            saved = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
+        transforms, train_data, valid_data = fit_and_encode(spec, train_table, valid_table, saved)
         del train_table, valid_table
-        _check_sample_spaces(spec, train_data)
         n_train, n_valid = train_data.num_rows, valid_data.num_rows if valid_data else 0
     prep_seconds = time.perf_counter() - t0
     if ctx.is_main:
         if resume_from is None and not spec.data.streaming:
             transforms.save(out_dir / TRANSFORMS_FILE)
-        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
+        write_text_atomic(out_dir / SPEC_FILE, yaml.safe_dump(plain(spec.raw), sort_keys=False))
         log(
             f"data: {n_train} train / {n_valid} "
             f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
             f"features ({prep_seconds:.1f}s)"
         )
+        for name, data in (("train", train_data), ("validation", valid_data)):
+            if isinstance(data, EncodedData):
+                for line in describe_report(data.report):
+                    log(f"data {name}: {line}")
 
     state = build_state(spec, transforms, ctx)
     if ctx.is_main:
@@ -358,19 +367,23 @@ def fit(
             f"{ctx.world_size}, table MB per rank [{mb}]"
         )
     history: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
     step, epoch0, batch0 = 0, 0, 0
+    mine: Optional[Dict[str, Any]] = None  # this rank's saved state when resuming
+    loss_sum, n_applied = torch.zeros(len(spec.tasks)), 0
     if resume_from is not None:
         # Adam's state only exists after a first step: create it, or loading skips it silently.
         state.optimizer.init_state()
         saved, resume_from = _load_newest_readable(ckpt_root, state, log if ctx.is_main else None)
         step, epoch0, batch0 = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         history = saved.get("history", [])
-        torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
+        skipped = saved.get("skipped_steps", [])
+        mine = _restore_rank_state(saved, ctx)
         if ctx.is_main:
             log(f"resumed from {resume_from.name}: epoch {epoch0}, batch {batch0}, step {step}")
 
     module: MultiTaskTrainModule = state.model.module  # type: ignore[assignment]
-    pipeline = TrainPipelineSparseDist(state.model, state.optimizer, ctx.device)
+    pipeline = FiniteLossTrainPipeline(state.model, state.optimizer, ctx.device)
     schedule = ExponentialLossWeights(
         [t.weight.initial for t in spec.tasks], [t.weight.decay for t in spec.tasks]
     )
@@ -401,11 +414,23 @@ def fit(
             "seed": spec.train.seed,
             "world_size": ctx.world_size,
             "torch_rng": torch.get_rng_state().tolist(),
+            # every rank's RNG (dropout masks differ per rank) and its running epoch loss
+            "ranks": _gather_rank_states(ctx, loss_sum.tolist(), n_applied),
             "history": history,
+            "skipped_steps": skipped,
         }
-        save_checkpoint(
-            ckpt_root / checkpoint_name(step), state.model, state.optimizer, trainer_state
-        )
+        try:
+            save_checkpoint(
+                ckpt_root / checkpoint_name(step), state.model, state.optimizer, trainer_state
+            )
+        except CheckpointWriteError as e:
+            last = latest_checkpoint(ckpt_root)
+            intact = f"the newest intact checkpoint is {last}" if last else "no checkpoint exists"
+            raise TrainingError(
+                f"could not write the checkpoint of step {step} ({e}); {intact}. "
+                f"Free disk space (or move --out), then fit --resume."
+            ) from None
+        # Only once the new checkpoint is complete may older ones go.
         prune_checkpoints(ckpt_root, spec.train.keep_checkpoints)
 
     for epoch in range(epoch0, spec.train.epochs):
@@ -417,6 +442,11 @@ def fit(
         bar.update(start)
         loss_sum = torch.zeros(len(spec.tasks))
         n_steps = 0
+        n_applied = 0
+        if epoch == epoch0 and start > 0 and mine is not None:
+            # resumed mid-epoch: the epoch's mean train loss covers the steps before too
+            loss_sum = torch.tensor(mine.get("epoch_loss_sum", loss_sum.tolist()))
+            n_applied = int(mine.get("epoch_steps", 0))
         batch_in_epoch = start
         t_epoch = time.perf_counter()
         while True:
@@ -435,14 +465,30 @@ def fit(
             batch_in_epoch += 1
             samples += outputs.shape[0]
             step_losses = losses.float().cpu()
-            if not torch.isfinite(step_losses).all():
-                raise _non_finite(
+            if not pipeline.last_step_applied:
+                # Nothing was updated: the pipeline skipped this step's backward and step.
+                err = _non_finite(
                     spec, step_losses, step, epoch, batch_in_epoch - 1, loader, ckpt_root
                 )
-            loss_sum += step_losses
+                if spec.train.on_nonfinite_loss == "stop":
+                    raise err
+                skipped.append({"step": step, "epoch": epoch, "batch": batch_in_epoch - 1})
+                if ctx.is_main:
+                    log(f"skipped step {step}: {str(err).split(';')[0]}")
+                if len(skipped) > spec.train.max_skipped_steps:
+                    raise TrainingError(
+                        f"{len(skipped)} steps skipped for a non-finite loss, more than "
+                        f"train.max_skipped_steps={spec.train.max_skipped_steps}; the last: {err}"
+                    )
+            else:
+                n_applied += 1
+                loss_sum += step_losses
             if n_steps % 10 == 0 or batch_in_epoch == len(loader):
                 bar.set_postfix(
-                    {n: f"{v:.4f}" for n, v in zip(task_names, (loss_sum / n_steps).tolist())}
+                    {
+                        n: f"{v:.4f}"
+                        for n, v in zip(task_names, (loss_sum / max(n_applied, 1)).tolist())
+                    }
                 )
             bar.update(1)
             if step % spec.train.log_every == 0:
@@ -464,7 +510,7 @@ def fit(
             "epoch": epoch,
             "step": step,
             "train_loss": {
-                n: float(v) for n, v in zip(task_names, (loss_sum / max(n_steps, 1)).tolist())
+                n: float(v) for n, v in zip(task_names, (loss_sum / max(n_applied, 1)).tolist())
             },
             "task_weights": dict(
                 zip(
@@ -489,6 +535,10 @@ def fit(
             break
     scalars.close()
 
+    data_reports = {
+        name: _data_report(data, ctx, log if ctx.is_main else None, name)
+        for name, data in (("train", train_data), ("validation", valid_data))
+    }
     metrics: Dict[str, Any] = {
         "tasks": history[-1].get("validation", {}) if history else {},
         "train": {
@@ -502,17 +552,16 @@ def fit(
             "table_mb_per_rank": [b / 2**20 for b in table_bytes_per_rank(state)],
             "resumed_from": resume_from.name if resume_from is not None else None,
             "stopped_at_max_steps": stopped,
+            "skipped_steps": len(skipped),
+            "skipped": skipped[:100],
         },
         "history": history,
-        "data": {
-            "train": train_data.report,
-            "validation": valid_data.report if valid_data is not None else None,
-        },
+        "data": data_reports,
         "model": {"architecture": spec.model.architecture, "parameters": _count_params(state)},
         "gates": gate_summary(spec, state, valid_data if valid_data is not None else train_data),
     }
     if ctx.is_main:
-        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -543,6 +592,68 @@ def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str
     }
 
 
+def _gather_rank_states(
+    ctx: DistContext, epoch_loss_sum: List[float], epoch_steps: int
+) -> List[Dict[str, Any]]:
+    """Every rank's RNG states and running epoch loss, for the checkpoint (all ranks call)."""
+    own: Dict[str, Any] = {
+        "torch_rng": torch.get_rng_state().tolist(),
+        "epoch_loss_sum": epoch_loss_sum,
+        "epoch_steps": epoch_steps,
+    }
+    if ctx.device.type == "cuda":
+        own["cuda_rng"] = torch.cuda.get_rng_state(ctx.device).tolist()
+    if ctx.world_size == 1:
+        return [own]
+    states: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, own)
+    return states
+
+
+def _restore_rank_state(saved: Dict[str, Any], ctx: DistContext) -> Optional[Dict[str, Any]]:
+    """Restore this rank's RNG from a checkpoint; returns its saved state, if any.
+
+    With the same world size every rank gets its own state back, so dropout draws the
+    masks an uninterrupted run would. Resharded to another world size, every rank takes
+    rank 0's (an exact continuation is not defined then).
+    """
+    ranks = saved.get("ranks") or []
+    mine = ranks[ctx.rank] if len(ranks) == ctx.world_size else None
+    rng = mine["torch_rng"] if mine is not None else saved["torch_rng"]
+    torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
+    if mine is not None and "cuda_rng" in mine and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(torch.tensor(mine["cuda_rng"], dtype=torch.uint8), ctx.device)
+    return mine
+
+
+def _data_report(
+    data: Union[EncodedData, StreamingBatches, None],
+    ctx: DistContext,
+    log: Optional[Callable[[str], None]],
+    name: str,
+) -> Optional[Dict[str, Any]]:
+    """The encoding counts of a dataset, for metrics.json: a streamed one's are summed
+    over the ranks (each rank encoded its own rows) and logged (they were not known
+    before the first epoch)."""
+    if data is None:
+        return None
+    report = dict(data.report)
+    if isinstance(data, StreamingBatches):
+        parts: List[Any] = [None] * ctx.world_size
+        if ctx.world_size > 1:
+            dist.all_gather_object(parts, report.get("encoded", {}))
+        else:
+            parts = [report.get("encoded", {})]
+        total: Dict[str, Any] = {}
+        for part in parts:
+            total = merge_reports(total, part or {})
+        report["encoded"] = total
+        if log is not None:
+            for line in describe_report(total):
+                log(f"data {name} (one epoch, all ranks): {line}")
+    return report
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where and what."""
 
@@ -565,8 +676,9 @@ def _non_finite(
     where = f"the newest checkpoint is {last}" if last else "no checkpoint was written yet"
     return TrainingError(
         f"non-finite loss at step {step} (epoch {epoch}, batch {batch}): {', '.join(bad)}{rows}; "
-        f"training stopped before checkpointing it, {where}. Lower the learning rates or check "
-        f"the data (metrics.json 'data' counts), then fit --resume."
+        f"the step was not applied and training stopped, {where}. Lower the learning rates or "
+        f"check the data (metrics.json 'data' counts), then fit --resume; or set "
+        f"train.on_nonfinite_loss: skip to skip such steps (counted in metrics.json)."
     )
 
 
