@@ -1278,17 +1278,11 @@ def _with_feast_tags(raw: Any, base: Path) -> Any:
     refs = fe.get("feature_service") or fe.get("features")
     if not refs:
         return raw
-    try:
-        from torchrec_ple.spec.feast_tags import feature_tags, merge_feature_tags, open_store
-    except ImportError:
-        raise SpecError(
-            "data.source",
-            "the feast extra installed (pip install -r requirements/feast.txt)",
-            "feast",
-        ) from None
     repo = Path(os.path.expanduser(fe["repo_path"]))
     repo = repo if repo.is_absolute() else base / repo
     try:
+        from torchrec_ple.spec.feast_tags import feature_tags, merge_feature_tags, open_store
+
         store = open_store(repo)
         tags = feature_tags(store, refs, bool(fe.get("full_feature_names", False)))
     except ImportError:
