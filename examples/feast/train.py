@@ -79,7 +79,7 @@ def main() -> None:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     metrics = fit(spec, out)
     for task, m in metrics["tasks"].items():
-        print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "count"))
+        print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
     model_dir = export_model(spec, out, out / "model")
     print(f"run: {out}\nexported model: {model_dir}")
 

@@ -44,6 +44,7 @@ from torchrec_ple.data.transforms import (
     DEFAULT_RESERVOIR,
     EncodedData,
     FeatureTransforms,
+    check_dropped,
     fit_columns,
     merge_reports,
     take_encoded,
@@ -438,6 +439,14 @@ class _Counts:
 
 
 @dataclass
+class _Failed:
+    """A worker's :class:`DataError`, re-raised as is by the wrapper: the DataLoader
+    would re-raise it as ``DataError(<worker traceback>)``, many lines and no file."""
+
+    error: DataError
+
+
+@dataclass
 class _Packed:
     """A batch as numpy arrays, for the trip from a worker process.
 
@@ -484,6 +493,20 @@ class _Packed:
         )
 
 
+def _encode_chunk(transforms: FeatureTransforms, table: pa.Table, frag: Fragment) -> EncodedData:
+    """Encode one chunk, dropped rows masked; an error names the chunk's file.
+
+    The chunk's drops are not checked against ``data.max_dropped_fraction`` here: a
+    chunk can be one row. :class:`StreamingBatches` checks the epoch's merged counts.
+    """
+    try:
+        return transforms.encode(table, dropped="mask")
+    except DataError as e:
+        if e.file is None:
+            e.file = frag.path
+        raise
+
+
 @dataclass
 class _RankStream(IterableDataset):
     """One rank's fragments as full batches, split over the DataLoader's workers.
@@ -513,12 +536,15 @@ class _RankStream(IterableDataset):
         state["_files"] = {}
         return state
 
-    def __iter__(self) -> Iterator[Union[_Packed, _Remainder, _Counts]]:
+    def __iter__(self) -> Iterator[Union[_Packed, _Remainder, _Counts, _Failed]]:
         info = get_worker_info()
         wid, workers = (0, 1) if info is None else (info.id, info.num_workers)
         self._files = {}  # handles inherited through fork stay the parent's
-        for item in self.iterate(wid, workers):
-            yield _Packed.pack(item) if isinstance(item, MultiTaskBatch) else item
+        try:
+            for item in self.iterate(wid, workers):
+                yield _Packed.pack(item) if isinstance(item, MultiTaskBatch) else item
+        except DataError as e:
+            yield _Failed(e)
 
     def iterate(
         self, worker: int, workers: int
@@ -535,7 +561,7 @@ class _RankStream(IterableDataset):
         n_held = 0
         for frag in frags:
             for table in read_fragment(frag, self.fs, self.columns, self.read_rows, self._files):
-                enc = self.transforms.encode(table, dropped="mask")
+                enc = _encode_chunk(self.transforms, table, frag)
                 yield _Counts(enc.report)
                 held.append(enc)
                 n_held += enc.num_rows
@@ -637,6 +663,8 @@ class StreamingBatches:
         self._shuffle = shuffle
         self._start_batch = 0
         self._counts: Dict[str, Any] = {}  # the last complete epoch's encoding report
+        self._max_dropped = spec.data.max_dropped_fraction
+        self._where = str(fs.path) if world_size == 1 else f"{fs.path} (rank {rank}'s rows)"
         self._stream = _RankStream(
             fragments=plan[rank],
             fs=fs,
@@ -685,7 +713,16 @@ class StreamingBatches:
             "encoded": self._counts,
         }
 
-    def _source(self) -> Iterator[Union[MultiTaskBatch, _Packed, _Remainder]]:
+    def _check_dropped(self, counts: Dict[str, Any]) -> None:
+        """``data.max_dropped_fraction`` of this rank's rows, on the epoch's counts so far.
+
+        Drops only grow during an epoch, so counts over the limit of the whole epoch
+        stop it at once, before the rows are trained on. Every rank checks its own rows
+        (no communication): where all ranks pass, so do the rows of all ranks together.
+        """
+        check_dropped(counts, self._max_dropped, self.num_rows, file=self._where)
+
+    def _source(self) -> Iterator[Union[MultiTaskBatch, _Packed, _Remainder, _Counts, _Failed]]:
         if self._num_workers == 0:
             return self._stream.iterate(0, 1)
         loader = DataLoader(
@@ -719,6 +756,9 @@ class StreamingBatches:
         for item in self._source():
             if isinstance(item, _Counts):
                 counts = merge_reports(counts, item.report)
+                self._check_dropped(counts)
+            elif isinstance(item, _Failed):
+                raise item.error
             elif isinstance(item, _Remainder):
                 remainders.append(item.data)
             else:

@@ -163,11 +163,24 @@ def _first_unparsable(arr: pa.Array) -> Any:
     return None
 
 
+def _non_finite_as_null(arr: pa.Array) -> pa.Array:
+    """A float array with NaN and +-inf made null: numpy- or Spark-written Parquet keeps
+    NaN for a missing id, which is no id (cast to int64 it would become -2**63)."""
+    bad = pc.invert(pc.is_finite(arr)).fill_null(False)
+    if not pc.any(bad).as_py():
+        return arr
+    return pc.if_else(bad, pa.scalar(None, arr.type), arr)
+
+
 def _normalize_ids(arr: pa.Array) -> pa.Array:
-    """Canonical key type for vocabularies: int64 for integral columns, else string."""
+    """Canonical key type for vocabularies: int64 for integral columns, else string.
+
+    Non-finite floats (NaN, +-inf) become null: missing, like the nulls beside them.
+    """
     if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
         return arr.cast(pa.int64())
     if pa.types.is_floating(arr.type):
+        arr = _non_finite_as_null(arr)
         np_arr = arr.to_numpy(zero_copy_only=False)
         finite = np_arr[~np.isnan(np_arr)]
         # Integer ids read with missing values become floats in pandas/CSV: undo that.
@@ -364,16 +377,18 @@ class FeatureTransforms:
             dropped (str): what becomes of the rows a ``drop`` policy rejects:
                 ``remove`` (default); ``mask``: they stay, encoded with a valid fallback
                 (fill value, row 0, clipped id), outside every task's sample space (all
-                masks 0), so streaming keeps its planned batch count; ``keep``: the
-                fallback encoding, masks untouched and no ``max_dropped_fraction`` check
-                (prediction: one output per input row).
+                masks 0), so streaming keeps its planned batch count, and the table is
+                taken as one chunk of a whole: no ``max_dropped_fraction`` check here,
+                the caller runs :func:`check_dropped` on the merged reports; ``keep``:
+                the fallback encoding, masks untouched and no ``max_dropped_fraction``
+                check (prediction: one output per input row).
 
         Returns:
             EncodedData: the model-ready arrays and the report.
 
         Raises:
-            DataError: a cell an ``error`` policy rejects, or more dropped rows than
-                ``data.max_dropped_fraction``.
+            DataError: a cell an ``error`` policy rejects, or (``remove``) more dropped
+                rows than ``data.max_dropped_fraction``.
         """
         n = table.num_rows
         report: Dict[str, Any] = {"rows": n, "features": {}, "tasks": {}}
@@ -415,24 +430,23 @@ class FeatureTransforms:
         report["dropped"] = {reason: int(rows.sum()) for reason, rows in rejected.items()}
         if n_bad == 0 or dropped == "keep":
             return data
-        limit = self._spec.data.max_dropped_fraction
-        if n_bad > limit * n:
-            why = ", ".join(f"{r}: {c}" for r, c in report["dropped"].items() if c)
-            raise DataError(
-                expected=f"at most data.max_dropped_fraction={limit:g} of the rows dropped",
-                found=f"{n_bad} of {n} rows ({why})",
-                hint="a wrong column or a broken join? raise the limit if this is expected",
-            )
         if dropped == "mask":
+            # One chunk of a larger whole: its caller checks the limit on the whole's
+            # counts (a 1-row tail chunk with one dropped row is not 100% dropped).
             data.masks[bad] = 0.0
             data.labels[bad] = 0.0
+            self._count_sample_spaces(report, data.masks)
             return data
+        check_dropped(report, self._spec.data.max_dropped_fraction, n)
         kept = take_encoded(data, np.flatnonzero(~bad))
         kept.report = report
-        for name, rep in report["tasks"].items():
-            k = [t.name for t in self._spec.tasks].index(name)
-            rep["in_sample_space"] = int(kept.masks[:, k].sum())
+        self._count_sample_spaces(report, kept.masks)
         return kept
+
+    def _count_sample_spaces(self, report: Dict[str, Any], masks: np.ndarray) -> None:
+        # After a drop: the dropped rows are in no task's sample space any more.
+        for k, t in enumerate(self._spec.tasks):
+            report["tasks"][t.name]["in_sample_space"] = int(masks[:, k].sum())
 
     def _encode_sparse(
         self, table: pa.Table, f: FeatureSpec
@@ -577,6 +591,8 @@ class FeatureTransforms:
         invalid = np.zeros(len(arr), dtype=bool)
         if t.type == "binary" and t.positive is not None:
             keys = _normalize_ids(arr)
+            # a NaN label in a float column is missing, not a negative
+            present &= np.asarray(keys.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             pos = [p for p in t.positive]
             value_set = (
                 pa.array([str(p) for p in pos])
@@ -606,6 +622,35 @@ class FeatureTransforms:
         if t.on_invalid == "drop":
             rep["label_invalid_dropped"] = int(invalid.sum())
         return y.astype(np.float32), in_space.astype(np.float32), rep
+
+
+def check_dropped(
+    report: Dict[str, Any], limit: float, rows: int, file: Optional[str] = None
+) -> None:
+    """Raise :class:`DataError` when a report drops more than ``limit`` of ``rows``.
+
+    Args:
+        report (Dict[str, Any]): an encoding report, or several merged
+            (:func:`merge_reports`): ``dropped_rows``, ``dropped`` per reason and
+            ``rows`` (the rows it counted so far).
+        limit (float): ``data.max_dropped_fraction``.
+        rows (int): the rows the limit is a fraction of (the whole data, which may be
+            more than the report has counted yet: drops only grow, so a report already
+            over the limit of the whole is final).
+        file (Optional[str]): the data, for the message.
+    """
+    n_bad = int(report.get("dropped_rows", 0))
+    if n_bad <= limit * rows:
+        return
+    why = ", ".join(f"{r}: {c}" for r, c in report.get("dropped", {}).items() if c)
+    read = int(report.get("rows", rows))
+    so_far = f" in the first {read} read" if read < rows else ""
+    raise DataError(
+        file=file,
+        expected=f"at most data.max_dropped_fraction={limit:g} of the rows dropped",
+        found=f"{n_bad} of {rows} rows{so_far} ({why})",
+        hint="a wrong column or a broken join? raise the limit if this is expected",
+    )
 
 
 def merge_reports(total: Dict[str, Any], part: Dict[str, Any]) -> Dict[str, Any]:
@@ -645,6 +690,16 @@ def describe_report(report: Dict[str, Any]) -> List[str]:
     return out
 
 
+def _clip(x: np.ndarray, f: FeatureSpec) -> np.ndarray:
+    """A numeric feature's finite values clipped into its ``clip`` range (NaN and +-inf
+    are left as they are: they are missing, and take the fill value)."""
+    if f.clip is None:
+        return x
+    lo = -np.inf if f.clip.min is None else f.clip.min
+    hi = np.inf if f.clip.max is None else f.clip.max
+    return np.where(np.isfinite(x), np.clip(x, lo, hi), x)
+
+
 def _first(rows: np.ndarray) -> int:
     return int(np.flatnonzero(rows)[0])
 
@@ -680,6 +735,8 @@ def _condition(table: pa.Table, t: TaskSpec) -> np.ndarray:
     arr = _column(table, ss.column)
     if ss.not_null:
         mask = arr.is_valid()
+        if pa.types.is_floating(arr.type):  # NaN is how numpy/Spark write a float null
+            mask = pc.and_(mask, pc.invert(pc.is_nan(arr)))
     else:
         wanted = ss.in_ if ss.in_ is not None else [ss.equals]
         if (
@@ -872,7 +929,8 @@ class _FitAccumulator:
         for tname, ps in parts.items():
             self._vocabs[tname].update(ps)
         for f in self._numeric:
-            finite = self._moments[f.name].update(_as_numeric(_column(table, f.column), f.column))
+            x = _clip(_as_numeric(_column(table, f.column), f.column), f)
+            finite = self._moments[f.name].update(x)
             if f.name in self._samples:
                 self._samples[f.name].update(finite)
 
@@ -919,13 +977,15 @@ class _FitAccumulator:
                 continue
             default_fill = m.min if f.normalize in ("minmax", "log") else m.mean
             fill = float(f.fill) if f.fill is not None else float(default_fill)
-            # Missing cells take the fill value: fold them in as n_bad copies of it.
+            # Missing cells take the fill value, which encoding then clips: fold them in
+            # as n_bad copies of the clipped fill.
             filled = _Moments()
             filled.merge(m.n, m.mean, m.m2)
             lo, hi = m.min, m.max
             if m.n_bad:
-                filled.merge(m.n_bad, fill, 0.0)
-                lo, hi = min(lo, fill), max(hi, fill)
+                used = float(_clip(np.array([fill]), f)[0])
+                filled.merge(m.n_bad, used, 0.0)
+                lo, hi = min(lo, used), max(hi, used)
             state["numeric"][f.name] = {
                 "fill": fill,
                 "mean": float(filled.mean),

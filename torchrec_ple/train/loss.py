@@ -1,10 +1,17 @@
-"""Masked multi-task loss over the union sample space, and loss-weight schedules."""
+"""Masked multi-task loss over the union sample space, and loss-weight schedules.
+
+The objective is ``sum_k w_k L_k`` with ``L_k = sum_i phi_ik loss_ik / sum_i phi_ik`` over
+the *global* batch: with N processes every rank contributes ``N * (its sum) / (global
+count)``, which DDP and TorchRec's sharded tables (both average gradients over ranks) turn
+into the gradient of the single-process objective on the same global batch.
+"""
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -12,10 +19,61 @@ from torchrec_ple.data.batch import MultiTaskBatch
 from torchrec_ple.models.multitask import MultiTaskModel
 
 
+def per_sample_task_losses(
+    outputs: torch.Tensor, labels: torch.Tensor, is_binary: torch.Tensor
+) -> torch.Tensor:
+    """Unmasked per-sample losses: binary cross-entropy on logits, else squared error.
+
+    Args:
+        outputs (torch.Tensor): (B, K) logits (binary tasks) or values (regression).
+        labels (torch.Tensor): (B, K) targets.
+        is_binary (torch.Tensor): (K,) bool.
+
+    Returns:
+        torch.Tensor: (B, K).
+    """
+    bce = F.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
+    sq = (outputs - labels) ** 2
+    return torch.where(is_binary.unsqueeze(0), bce, sq)
+
+
+def masked_sums(per_sample: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-column sums of the losses of the samples in the sample space, and their counts.
+
+    Selects rather than multiplies: an inf loss outside a task's sample space stays out
+    instead of becoming ``inf * 0 = NaN``.
+
+    Args:
+        per_sample (torch.Tensor): (B, K) losses.
+        masks (torch.Tensor): (B, K) ``phi`` in {0, 1}.
+
+    Returns:
+        Tuple[torch.Tensor, torch.Tensor]: (K,) sums and (K,) counts.
+    """
+    in_space = masks > 0
+    sums = torch.where(in_space, per_sample, torch.zeros_like(per_sample)).sum(dim=0)
+    return sums, in_space.sum(dim=0).to(sums.dtype)
+
+
+def masked_mean(per_sample: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``sum_i phi_ik loss_ik / sum_i phi_ik`` per column; 0 (and no gradient) for a
+    column with no sample.
+
+    Args:
+        per_sample (torch.Tensor): (B, K) losses.
+        masks (torch.Tensor): (B, K) ``phi`` in {0, 1}.
+
+    Returns:
+        torch.Tensor: (K,).
+    """
+    sums, counts = masked_sums(per_sample, masks)
+    return sums / counts.clamp(min=1.0)
+
+
 def masked_task_losses(
     outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, is_binary: torch.Tensor
 ) -> torch.Tensor:
-    """Per-task masked mean ``L_k = sum_i phi_ik loss_ik / sum_i phi_ik``.
+    """Per-task masked mean ``L_k = sum_i phi_ik loss_ik / sum_i phi_ik`` of one batch.
 
     A task with no sample in the batch (``sum phi = 0``) gets loss 0 and no gradient,
     rather than NaN.
@@ -29,10 +87,7 @@ def masked_task_losses(
     Returns:
         torch.Tensor: (K,) per-task losses.
     """
-    bce = F.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
-    sq = (outputs - labels) ** 2
-    per_sample = torch.where(is_binary.unsqueeze(0), bce, sq)
-    return (per_sample * masks).sum(dim=0) / masks.sum(dim=0).clamp(min=1.0)
+    return masked_mean(per_sample_task_losses(outputs, labels, is_binary), masks)
 
 
 class ExponentialLossWeights:
@@ -57,6 +112,28 @@ class ExponentialLossWeights:
         return (self._initial * self._decay**t).float()
 
 
+def esmm_ctcvr_per_sample(
+    ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, ctcvr_label: torch.Tensor
+) -> torch.Tensor:
+    """BCE of ``pCTCVR = sigmoid(a) * sigmoid(b)`` against ``click * buy``, exact when the
+    sigmoids saturate: ``log p = logsigmoid(a) + logsigmoid(b)`` and, since
+    ``1 - s(a) s(b) = s(-a) + s(a) s(-b)``, ``log(1 - p) = logaddexp(logsigmoid(-a),
+    logsigmoid(a) + logsigmoid(-b))`` (no ``1 - p`` is ever formed).
+
+    Args:
+        ctr_logit (torch.Tensor): (...) CTR logits ``a``.
+        cvr_logit (torch.Tensor): (...) CVR logits ``b``.
+        ctcvr_label (torch.Tensor): (...) ``click * buy``.
+
+    Returns:
+        torch.Tensor: (...) per-sample losses.
+    """
+    ls_a, ls_b = F.logsigmoid(ctr_logit), F.logsigmoid(cvr_logit)
+    log_p = ls_a + ls_b
+    log_not_p = torch.logaddexp(F.logsigmoid(-ctr_logit), ls_a + F.logsigmoid(-cvr_logit))
+    return -(ctcvr_label * log_p + (1 - ctcvr_label) * log_not_p)
+
+
 def esmm_ctcvr_loss(
     ctr_logit: torch.Tensor,
     cvr_logit: torch.Tensor,
@@ -64,7 +141,7 @@ def esmm_ctcvr_loss(
     cvr_label: torch.Tensor,
     ctr_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """ESMM's entire-space loss: BCE of ``pCTCVR = pCTR * pCVR`` against ``click * buy``.
+    """ESMM's entire-space loss: masked mean BCE of ``pCTR * pCVR`` against ``click * buy``.
 
     Args:
         ctr_logit (torch.Tensor): (B,) CTR logits.
@@ -76,12 +153,22 @@ def esmm_ctcvr_loss(
     Returns:
         torch.Tensor: () the masked mean loss.
     """
-    # log(pCTR * pCVR) computed in log space for stability: log sigmoid(a) + log sigmoid(b).
-    log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
-    log_not_p = torch.log1p(-torch.exp(log_p).clamp(max=1 - 1e-7))
-    y = ctr_label * cvr_label
-    per_sample = -(y * log_p + (1 - y) * log_not_p)
-    return (per_sample * ctr_mask).sum() / ctr_mask.sum().clamp(min=1.0)
+    per_sample = esmm_ctcvr_per_sample(ctr_logit, cvr_logit, ctr_label * cvr_label)
+    return masked_mean(per_sample[:, None], ctr_mask[:, None])[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of a detached copy of ``t`` over every rank of the default process group.
+
+    Wrapped for torch.fx (TorchRec's pipeline traces the train module to find its sharded
+    modules), so the trace records one call instead of entering ``torch.distributed``.
+    """
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+torch.fx.wrap("all_reduce_sum")
 
 
 class MultiTaskTrainModule(nn.Module):
@@ -89,8 +176,13 @@ class MultiTaskTrainModule(nn.Module):
 
     ``forward(batch)`` returns ``(loss, (task_losses, outputs, labels, masks))`` where
     ``loss = sum_k w_k L_k`` (or, with uncertainty weighting, ``sum_k w_k (c_k exp(-s_k)
-    L_k + s_k / 2)`` with learned ``s_k``); the trainer sets ``w`` before each step with
-    :meth:`set_task_weights`.
+    L_k + [k present] s_k / 2)`` with learned ``s_k``); the trainer sets ``w`` before each
+    step with :meth:`set_task_weights`.
+
+    In training with ``world_size > 1`` the per-task counts (and, for ``task_losses``, the
+    sums) are all-reduced: ``task_losses`` is then the loss of the global batch on every
+    rank, and ``loss`` is this rank's share scaled so that the ranks' averaged gradients
+    equal the gradient of the global objective. Padding rows (all masks 0) count nowhere.
 
     Args:
         model (MultiTaskModel): the model.
@@ -98,6 +190,7 @@ class MultiTaskTrainModule(nn.Module):
         esmm_parents (Optional[List[int]]): per task, the index of the CTR task it is
             trained through (ESMM), or -1. Default: none.
         uncertainty (bool): learn Kendall et al.'s per-task log-variances. Default: False.
+        world_size (int): processes whose batches form one global batch. Default: 1.
     """
 
     def __init__(
@@ -106,21 +199,25 @@ class MultiTaskTrainModule(nn.Module):
         task_types: List[str],
         esmm_parents: Optional[List[int]] = None,
         uncertainty: bool = False,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.model = model
         k = len(task_types)
-        self._esmm: List[Tuple[int, int]] = [
-            (i, p) for i, p in enumerate(esmm_parents or [-1] * k) if p >= 0
-        ]
+        parents = list(esmm_parents or [-1] * k)
+        self._has_esmm = any(p >= 0 for p in parents)
+        self._world_size = world_size
         self.register_buffer(
             "_is_binary", torch.tensor([t == "binary" for t in task_types]), persistent=False
         )
         self.register_buffer("_task_weights", torch.ones(k), persistent=False)
-        onehot = torch.zeros(len(self._esmm), k)
-        for i, (task, _) in enumerate(self._esmm):
-            onehot[i, task] = 1.0
-        self.register_buffer("_esmm_onehot", onehot, persistent=False)
+        # ESMM: task k's loss is the CTCVR loss on its parent's sample space.
+        self.register_buffer("_is_esmm", torch.tensor([p >= 0 for p in parents]), persistent=False)
+        self.register_buffer(
+            "_parent",
+            torch.tensor([p if p >= 0 else i for i, p in enumerate(parents)]),
+            persistent=False,
+        )
         self.register_buffer(
             "_scale",
             torch.tensor([1.0 if t == "binary" else 0.5 for t in task_types]),
@@ -137,20 +234,31 @@ class MultiTaskTrainModule(nn.Module):
         self, batch: MultiTaskBatch
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         outputs = self.model(batch.dense, batch.sparse)
-        losses = masked_task_losses(outputs, batch.labels, batch.masks, self._is_binary)
-        for i, (k, p) in enumerate(self._esmm):
-            ctcvr = esmm_ctcvr_loss(
-                outputs[:, p],
-                outputs[:, k],
-                batch.labels[:, p],
-                batch.labels[:, k],
-                batch.masks[:, p],
+        per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary)
+        masks = batch.masks
+        if self._has_esmm:
+            parent_out = outputs.index_select(1, self._parent)
+            parent_label = batch.labels.index_select(1, self._parent)
+            ctcvr = esmm_ctcvr_per_sample(parent_out, outputs, parent_label * batch.labels)
+            per_sample = torch.where(self._is_esmm.unsqueeze(0), ctcvr, per_sample)
+            masks = torch.where(
+                self._is_esmm.unsqueeze(0), masks.index_select(1, self._parent), masks
             )
-            # Replace entry k without unbinding (keeps the module traceable by torch.fx).
-            losses = losses + self._esmm_onehot[i] * (ctcvr - losses[k])
+        sums, counts = masked_sums(per_sample, masks)
+        if self._world_size > 1 and self.training:
+            totals = all_reduce_sum(torch.stack([sums.detach(), counts]))
+            global_sums, counts = totals[0], totals[1]
+            share = self._world_size
+        else:
+            global_sums, share = sums.detach(), 1
+        denom = counts.clamp(min=1.0)
+        losses = sums * share / denom
         if self.log_vars is not None:
-            weighted = self._scale * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars
+            present = (counts > 0).to(losses.dtype)
+            weighted = (
+                self._scale * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars * present
+            )
         else:
             weighted = losses
         loss = (weighted * self._task_weights).sum()
-        return loss, (losses.detach(), outputs.detach(), batch.labels, batch.masks)
+        return loss, (global_sums / denom, outputs.detach(), batch.labels, batch.masks)

@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
-from torchrec.metrics.auc import compute_auc
 from torchrec.metrics.ne import compute_cross_entropy, compute_ne
+
+
+def binary_auc(
+    scores: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None
+) -> Optional[float]:
+    """Exact ROC AUC with ties: the weighted Mann-Whitney statistic, a tied pair counting 1/2.
+
+    ``AUC = sum_{i pos, j neg} w_i w_j ([s_i > s_j] + [s_i = s_j] / 2) / (W_pos W_neg)``,
+    computed in O(n log n) by grouping equal scores. TorchRec's ``compute_auc`` sorts
+    without grouping ties, so constant scores give 0 or 1 by row order; this gives 0.5.
+    Pass logits rather than probabilities: the sigmoid rounds large logits to equal
+    values (spurious ties) while the ranking is the same.
+
+    Args:
+        scores (torch.Tensor): (N,) any monotone score (logit, probability, log-probability).
+        labels (torch.Tensor): (N,) 0/1.
+        weights (Optional[torch.Tensor]): (N,) non-negative; 0 leaves a sample out.
+            Default: all 1.
+
+    Returns:
+        Optional[float]: the AUC, or None when it is undefined (no positive or no negative
+        weight).
+    """
+    s = scores.detach().reshape(-1).double()
+    y = labels.detach().reshape(-1).double()
+    w = torch.ones_like(s) if weights is None else weights.detach().reshape(-1).double()
+    keep = w > 0
+    s, y, w = s[keep], y[keep], w[keep]
+    uniq, group = torch.unique(s, sorted=True, return_inverse=True)
+    pos = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, group, w * y)
+    neg = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, group, w * (1 - y))
+    total_pos, total_neg = float(pos.sum()), float(neg.sum())
+    if total_pos <= 0 or total_neg <= 0:
+        return None
+    neg_below = torch.cumsum(neg, 0) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
 def task_metrics(
@@ -15,12 +50,13 @@ def task_metrics(
     masks: torch.Tensor,
     task_names: List[str],
     task_types: List[str],
-) -> Dict[str, Dict[str, float]]:
-    """Exact metrics of a whole evaluation set, weighting every sample by its mask.
+) -> Dict[str, Dict[str, Any]]:
+    """Exact metrics of a whole evaluation set, over each task's sample space.
 
-    Binary tasks get AUC (TorchRec's exact weighted AUC over all samples, not a window)
-    and normalized entropy; regression tasks get MSE. ``count`` is the number of samples
-    in the task's sample space.
+    Binary tasks get AUC (:func:`binary_auc`: exact, ties counted 1/2, over all samples,
+    not a window) and normalized entropy; regression tasks get MSE. ``count`` is the
+    number of samples in the task's sample space. A metric that is undefined on the data
+    (AUC with one class, anything on no sample) is None, and ``note`` says why.
 
     Args:
         outputs (torch.Tensor): (N, K) logits or values.
@@ -30,27 +66,45 @@ def task_metrics(
         task_types (List[str]): K types.
 
     Returns:
-        Dict[str, Dict[str, float]]: ``{task: {"auc"|"mse": ..., "count": ...}}``.
+        Dict[str, Dict[str, Any]]: ``{task: {"auc"|"mse": ..., "count": ...}}``.
     """
-    result: Dict[str, Dict[str, float]] = {}
+    result: Dict[str, Dict[str, Any]] = {}
     for k, (name, kind) in enumerate(zip(task_names, task_types)):
         w = masks[:, k].double()
         y = labels[:, k].double()
-        count = int(w.sum().item())
-        entry: Dict[str, float] = {"count": count}
+        count = int((w > 0).sum().item())
+        entry: Dict[str, Any] = {"count": count}
         if kind == "binary":
-            p = torch.sigmoid(outputs[:, k].double())
-            entry["auc"] = float(
-                compute_auc(1, [p.view(1, -1)], [y.view(1, -1)], [w.view(1, -1)])[0]
-            )
-            ce = compute_cross_entropy(y, p, w, eta=1e-12).sum()
-            pos = (y * w).sum()
-            neg = w.sum() - pos
-            entry["ne"] = (
-                float(compute_ne(ce, w.sum(), pos, neg, eta=1e-12)) if count else float("nan")
-            )
+            logit = outputs[:, k].double()
+            entry["auc"] = binary_auc(logit, y, w)
+            pos = float((y * w).sum())
+            neg = float(w.sum()) - pos
+            if count and pos > 0 and neg > 0:
+                p = torch.sigmoid(logit)
+                ce = compute_cross_entropy(y, p, w, eta=1e-12).sum()
+                entry["ne"] = float(
+                    compute_ne(ce, w.sum(), torch.tensor(pos), torch.tensor(neg), eta=1e-12)
+                )
+            else:
+                entry["ne"] = None
+            if not count:
+                entry["note"] = "no sample in the task's sample space: AUC and NE undefined"
+            elif entry["auc"] is None:
+                only = "positives" if pos > 0 else "negatives"
+                entry["note"] = f"only {only} ({count}): AUC and NE undefined"
         else:
             err = (outputs[:, k].double() - y) ** 2
-            entry["mse"] = float((err * w).sum() / w.sum()) if count else float("nan")
+            if count:
+                entry["mse"] = float(
+                    torch.where(w > 0, err * w, torch.zeros_like(err)).sum() / w.sum()
+                )
+            else:
+                entry["mse"] = None
+                entry["note"] = "no sample in the task's sample space: MSE undefined"
         result[name] = entry
     return result
+
+
+def format_metric(value: Optional[float]) -> str:
+    """A metric for a log line or table: 4 decimals, ``n/a`` when undefined."""
+    return "n/a" if value is None else f"{value:.4f}"
