@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.torchrec-ple-installed
-export OMP_WAIT_POLICY ?= PASSIVE
+# OMP_WAIT_POLICY is chosen by torchrec_ple at import (processes x threads vs cores); set it to override.
 
 .PHONY: demo test lint install clean bench bench-quick bench-peers
 
@@ -26,8 +26,9 @@ $(FEAST_STAMP): $(STAMP) requirements/feast.txt
 
 install: $(STAMP)
 
+# The demo run folder is its own: running it again replaces it (fit logs what it replaced).
 demo: $(STAMP)
-	$(PY) -m torchrec_ple fit feature_specs/synthetic.yaml --out runs/demo
+	$(PY) -m torchrec_ple fit feature_specs/synthetic.yaml --out runs/demo --overwrite
 
 test: $(TEST_DEPS)
 	$(PY) -m pytest

@@ -19,15 +19,19 @@ Target: <= 10%.
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
 os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
 
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import torch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -53,6 +57,7 @@ from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.sources import read_table, spec_columns
 from torchrec_ple.data.transforms import FeatureTransforms
 from torchrec_ple.spec import load_spec
+from torchrec_ple.threads import describe_threads
 from torchrec_ple.train.distributed import init_distributed
 from torchrec_ple.train.trainer import build_state
 
@@ -70,6 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = args.rows or (4000 if args.quick else 200_000)
     rounds = args.rounds or (1 if args.quick else 5)
     print(thread_line())
+    print(describe_threads(torch.get_num_threads()))
 
     folder = data_dir(args.data_dir)
     train_path, valid_path = write_census(folder, rows, census_valid_rows(rows), seed=0)

@@ -21,10 +21,13 @@ peers.json`` (``python -m benchmarks.peers``) are merged into the table when pre
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
 os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
 
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import json
 import logging
 import tempfile
@@ -51,6 +54,7 @@ from benchmarks.common import (
     write_json,
     write_yaml,
 )
+from torchrec_ple.threads import describe_threads
 
 ADULT_SAMPLE = REPO_ROOT / "tests" / "data" / "adult"
 MODEL_OVERRIDES = [
@@ -97,6 +101,13 @@ def census_spec_file(args: Any, rows: int, valid_rows: int, epochs: int) -> Path
     return write_yaml(folder / f"census_{rows}_{valid_rows}_spec.yaml", mapping)
 
 
+def torch_threads() -> int:
+    """torch's intra-op threads now (imports torch: after the wait policy is set)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_fit(spec_path: Path, overrides: List[str], verbose: bool = False) -> Dict[str, Any]:
     """One ``fit`` of a spec into a throwaway folder; its ``metrics.json`` content."""
     from torchrec_ple.spec import load_spec
@@ -141,6 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     census_epochs = args.epochs or 1
     print(thread_line())
+    print(describe_threads(torch_threads()))
 
     common = ["train.progress=false", "train.batch_size=1024"] + MODEL_OVERRIDES
     if args.threads:

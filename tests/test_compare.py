@@ -120,7 +120,7 @@ def _fake_metrics(arch: str, seed: int, tasks: Dict[str, str]) -> Dict[str, Any]
 
 
 def test_runtime_failure_gates_and_no_single_task(tmp_path: Path, monkeypatch) -> None:
-    def fake_fit(spec, out_dir, log=print):
+    def fake_fit(spec, out_dir, log=print, **kwargs):
         if spec.model.architecture == "mmoe" and spec.train.seed == 1:
             raise RuntimeError("boom")
         tasks = {t.name: t.type for t in spec.tasks}

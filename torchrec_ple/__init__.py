@@ -8,12 +8,12 @@ Importing the package imports neither torch nor torchrec: the CLI sets thread
 environment variables first.
 """
 
-import os as _os
+from torchrec_ple.threads import configure_threads as _configure_threads
 
-# fbgemm's CPU kernels slow down up to 40x under CPU contention with OpenMP's default
-# busy-waiting. The variable is read when libgomp loads (at `import torch`), so it only
-# helps if this package is imported first; the CLI and `make` set it in any case.
-if "torch" not in __import__("sys").modules:
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY is read when libgomp loads (at `import torch`), so it is chosen here,
+# before anything of the package can import torch: threads spin between parallel regions
+# unless the node's processes x threads outnumber its cores (see torchrec_ple.threads).
+# A value set in the environment is kept; once torch is imported this does nothing.
+_configure_threads()
 
 __version__ = "0.1.0"

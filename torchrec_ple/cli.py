@@ -1,7 +1,8 @@
 """The ``torchrec-ple`` command line: validate, fit, evaluate.
 
 Bad input ends with one line on stderr (``error: <file>:<line>: <key>: expected ...``)
-and exit code 2, never a traceback.
+and exit code 2, never a traceback; Ctrl-C ends with one line (for ``fit``: the step and
+the checkpoint to ``--resume`` from) and exit code 130.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from typing import Callable, Dict, Optional, Sequence
 
 
 def _set_thread_env() -> None:
-    # fbgemm's CPU kernels slow down ~40x under contention with OpenMP's default
-    # busy-waiting; the variable is read when libgomp loads, i.e. at `import torch`,
-    # so it must be set before any torch import (this module imports torch lazily).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    local = os.environ.get("LOCAL_WORLD_SIZE")
-    if local and int(local) > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = os.cpu_count() or 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(local)))
+    # Before any torch import (this module imports torch lazily): libgomp reads the
+    # variables when it loads. Several processes on the node share its cores, one share
+    # each, unless OMP_NUM_THREADS says otherwise; the wait policy follows from that count.
+    from torchrec_ple.threads import configure_threads
+
+    configure_threads(default_threads=True)
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -55,9 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
     _add_spec_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument(
+    # a string, not a Path: Path("") is ".", and an empty --out must be refused
+    p.add_argument("--out", required=True, help="run directory to write")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in --out (removed once the new run's data is read)",
     )
 
     p = sub.add_parser("evaluate", help="evaluate a fitted run on the spec's data")
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write an unsharded torch.export model and its transforms")
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
     p = sub.add_parser(
         "predict", help="score a Parquet/CSV file with a fitted run or exported model"
@@ -103,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_metrics(tasks: Dict[str, Dict[str, float]]) -> None:
+    from torchrec_ple.train.metrics import format_metric
+
     print(f"{'task':<20} {'metric':<6} {'value':>10} {'count':>10}")
     for name, m in tasks.items():
         metric = "auc" if "auc" in m else "mse"
-        print(f"{name:<20} {metric:<6} {m[metric]:>10.4f} {int(m['count']):>10}")
+        print(f"{name:<20} {metric:<6} {format_metric(m[metric]):>10} {int(m['count']):>10}")
+        if m.get("note"):
+            print(f"  {name}: {m['note']}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -129,11 +140,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from torchrec_ple.train.run_dir import check_out_arg
+
+    # before the spec, the data or torch are touched: a bad --out costs nothing
+    args.out = check_out_arg(args.out, args.spec, resume=args.resume)
     from torchrec_ple.spec import load_spec
     from torchrec_ple.train.trainer import fit
 
     spec = load_spec(args.spec, args.overrides)
-    metrics = fit(spec, args.out, resume=args.resume)
+    metrics = fit(spec, args.out, resume=args.resume, overwrite=args.overwrite)
     if _is_main():
         _print_metrics(metrics["tasks"])
         print(
@@ -163,15 +178,18 @@ def _is_main() -> bool:
 def _cmd_export(args: argparse.Namespace) -> int:
     from torchrec_ple.serving.export import export_model
 
-    path = export_model(None, args.checkpoint, args.out)
-    print(f"wrote {path}")
+    replacing = args.overwrite and args.out.is_dir() and any(args.out.iterdir())
+    path = export_model(None, args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}" + (" (replaced the earlier export there)" if replacing else ""))
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from torchrec_ple.serving.predict import predict_file
     from torchrec_ple.spec import load_spec
+    from torchrec_ple.train.run_dir import check_out_file
 
+    check_out_file(args.output)
     spec = load_spec(args.spec, args.overrides)
     out = predict_file(
         spec,
@@ -217,6 +235,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return _COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        # Ctrl-C: one line saying where the run stands, not the stack of wherever it hit
+        line = "interrupted"
+        if args.command == "fit":
+            from torchrec_ple.train.run_dir import interrupted_message
+
+            line = interrupted_message(Path(args.out), e.__traceback__)
+        if _is_main():
+            print(line, file=sys.stderr)
+        return 130
     except (SpecError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -231,6 +259,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     finally:
+        run_dir = sys.modules.get("torchrec_ple.train.run_dir")
+        if run_dir is not None:  # a fit's lock, even if a traceback still holds its frame
+            run_dir.release_all()
         _shutdown()
 
 

@@ -20,7 +20,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see torchrec_ple.cli)
 
 import argparse  # noqa: E402
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pyarrow.parquet as pq  # noqa: E402
@@ -74,13 +73,12 @@ def main() -> None:
     from torchrec_ple.serving.export import export_model
     from torchrec_ple.train.trainer import fit
 
-    # fit (without resume) leaves older checkpoints of an earlier run in place, and the
-    # newest step_* is what export/evaluate load: start from an empty checkpoints folder.
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    metrics = fit(spec, out)
+    # The example's own run folder: running it again replaces its earlier run (fit logs
+    # what it replaced) and its earlier export.
+    metrics = fit(spec, out, overwrite=True)
     for task, m in metrics["tasks"].items():
         print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
-    model_dir = export_model(spec, out, out / "model")
+    model_dir = export_model(spec, out, out / "model", overwrite=True)
     print(f"run: {out}\nexported model: {model_dir}")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,10 +59,122 @@ class MultiTaskBatch(Pipelineable):
         return int(self.labels.shape[0])
 
 
+class _BatchPlan:
+    """What :func:`build_batch` prepares once per encoded table: the one-id-per-row
+    columns stacked into one (N, F) matrix, so a batch gathers all of them at once.
+
+    Gathering column by column costs one NumPy call and one random pass over the rows per
+    feature (32 features: two thirds of batch building); one row of the matrix holds
+    all F ids of a sample, so a single gather reads each sample's ids from one or two
+    cache lines. The matrix is stored in the smallest unsigned type that holds its
+    largest id (ids are cast back to int64 in the same copy that transposes a batch), so
+    it costs a fraction of the columns it copies.
+
+    Args:
+        data (EncodedData): the encoded table.
+    """
+
+    def __init__(self, data: EncodedData) -> None:
+        self._sources = tuple(data.values)
+        fixed = [i for i, o in enumerate(data.offsets) if o is None]
+        self._ids: Optional[np.ndarray] = None  # (N, F)
+        if fixed:
+            cols = [data.values[i] for i in fixed]
+            low = min(int(c.min()) for c in cols) if data.num_rows else 0
+            high = max(int(c.max()) for c in cols) if data.num_rows else 0
+            dtype = np.min_scalar_type(high) if low >= 0 else np.dtype(np.int64)
+            self._ids = np.empty((data.num_rows, len(cols)), dtype=dtype)
+            for j, c in enumerate(cols):
+                self._ids[:, j] = c
+        # Key order as runs: (first, last) column range of consecutive fixed keys, or
+        # the index of a jagged key; most tables are one run of fixed keys.
+        self._runs: List[Tuple[bool, int, int]] = []
+        column = 0
+        for i, o in enumerate(data.offsets):
+            if o is None:
+                if self._runs and self._runs[-1][0]:
+                    self._runs[-1] = (True, self._runs[-1][1], column + 1)
+                else:
+                    self._runs.append((True, column, column + 1))
+                column += 1
+            else:
+                self._runs.append((False, i, i))
+
+    def fits(self, data: EncodedData) -> bool:
+        """Whether this plan was made from ``data``'s current id arrays."""
+        return len(self._sources) == len(data.values) and all(
+            a is b for a, b in zip(self._sources, data.values)
+        )
+
+    def sparse(self, data: EncodedData, rows: np.ndarray) -> KeyedJaggedTensor:
+        """The KeyedJaggedTensor of ``rows``: values and lengths key-major, B bags per key.
+
+        Args:
+            data (EncodedData): the table this plan was made from.
+            rows (np.ndarray): (B,) int64 row indices.
+        """
+        b = len(rows)
+        fixed = None
+        if self._ids is not None:
+            # (B, F) gather, then one copy that transposes to key-major and casts to int64.
+            fixed = self._ids[rows].T.astype(np.int64, order="C").reshape(-1)
+        all_values: List[np.ndarray] = []
+        all_lengths: List[np.ndarray] = []
+        length_per_key: List[int] = []
+        for is_fixed, first, last in self._runs:
+            if is_fixed:
+                assert fixed is not None
+                all_values.append(fixed[first * b : last * b])
+                all_lengths.append(np.ones((last - first) * b, dtype=np.int32))
+                length_per_key += [b] * (last - first)
+            else:
+                offsets = data.offsets[first]
+                assert offsets is not None
+                v, lengths = gather_jagged(data.values[first], offsets, rows)
+                all_values.append(v)
+                all_lengths.append(lengths.astype(np.int32))
+                length_per_key.append(len(v))
+        values = all_values[0] if len(all_values) == 1 else np.concatenate(all_values)
+        lengths = all_lengths[0] if len(all_lengths) == 1 else np.concatenate(all_lengths)
+        # Per-key totals are known here for free; TorchRec would otherwise sum the
+        # lengths per key and copy them to Python (.tolist()) on first use every step.
+        return KeyedJaggedTensor(
+            keys=data.keys,
+            values=torch.from_numpy(values),
+            lengths=torch.from_numpy(lengths),
+            stride=b,
+            length_per_key=length_per_key,
+            offset_per_key=[0, *itertools.accumulate(length_per_key)],
+        )
+
+
+# Plans by id of their EncodedData, dropped when the data is garbage-collected; a plan
+# also checks that the data's id arrays are still the ones it was made from.
+_PLANS: Dict[int, _BatchPlan] = {}
+
+
+def _plan(data: EncodedData) -> _BatchPlan:
+    """The batch plan of ``data``, made on first use and kept while ``data`` lives."""
+    plan = _PLANS.get(id(data))
+    if plan is not None and plan.fits(data):
+        return plan
+    plan = _BatchPlan(data)
+    if id(data) not in _PLANS:
+        try:
+            weakref.finalize(data, _PLANS.pop, id(data), None)
+        except TypeError:  # not weak-referenceable: no cache, the plan serves one call
+            return plan
+    _PLANS[id(data)] = plan
+    return plan
+
+
 def build_batch(
     data: EncodedData, rows: np.ndarray, valid: Optional[np.ndarray] = None
 ) -> MultiTaskBatch:
     """Gather ``rows`` of encoded data into a batch (vectorized over rows and ids).
+
+    The first call on a table prepares its one-id-per-row columns as one matrix (see
+    :class:`_BatchPlan`); later calls gather all of them with one indexing operation.
 
     Args:
         data (EncodedData): the encoded table.
@@ -71,24 +185,8 @@ def build_batch(
     Returns:
         MultiTaskBatch: the batch, on CPU.
     """
-    all_values: List[np.ndarray] = []
-    all_lengths: List[np.ndarray] = []
-    b = len(rows)
-    for values, offsets in zip(data.values, data.offsets):
-        if offsets is None:
-            all_values.append(values[rows])
-            all_lengths.append(np.ones(b, dtype=np.int32))
-        else:
-            v, lengths = gather_jagged(values, offsets, rows)
-            all_values.append(v)
-            all_lengths.append(lengths.astype(np.int32))
     if data.keys:
-        sparse = KeyedJaggedTensor(
-            keys=data.keys,
-            values=torch.from_numpy(np.concatenate(all_values)),
-            lengths=torch.from_numpy(np.concatenate(all_lengths)),
-            stride=b,
-        )
+        sparse = _plan(data).sparse(data, rows)
     else:
         sparse = KeyedJaggedTensor.empty(values_dtype=torch.int64)
     masks = data.masks[rows]

@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_ple.modules import MultiTaskHead, TaskTowers
+
+
+@torch.fx.wrap  # a leaf for TorchRec's pipeline tracer: it branches on the keys
+def _in_order(pooled: KeyedTensor, names: List[str]) -> torch.Tensor:
+    """The pooled embeddings as one (B, E) tensor, features in the order ``names``.
+
+    A sharded collection may return its features in another order than the unsharded
+    one (table-wise sharding groups them by rank), so the columns are placed by name.
+    In the common case the order already matches and the values go through as they are,
+    instead of being split into one piece per feature and concatenated again; otherwise
+    one ``index_select`` moves every feature's columns at once.
+
+    Args:
+        pooled (KeyedTensor): (B, E) pooled embeddings, one key per feature.
+        names (List[str]): every key of ``pooled``, in the wanted order.
+
+    Returns:
+        torch.Tensor: (B, E).
+    """
+    keys = pooled.keys()
+    if keys == names:
+        return pooled.values()
+    offsets = pooled.offset_per_key()
+    lengths = pooled.length_per_key()
+    index: Dict[str, int] = {}
+    for i, key in enumerate(keys):
+        index[key] = i
+    columns: List[int] = []
+    for name in names:
+        i = index[name]
+        for c in range(offsets[i], offsets[i] + lengths[i]):
+            columns.append(c)
+    values = pooled.values()
+    return values.index_select(1, torch.tensor(columns, dtype=torch.long, device=values.device))
 
 
 class MultiTaskModel(nn.Module):
@@ -66,10 +100,8 @@ class MultiTaskModel(nn.Module):
         """The head's input: (B, E + D), pooled embeddings in table-config order, then dense."""
         if self.ebc is None:
             return dense
-        # A sharded collection may return its features in another order than the
-        # unsharded one (table-wise sharding groups them by rank): select by name.
-        pooled = self.ebc(sparse).to_dict()
-        return torch.cat([pooled[name] for name in self._feature_names] + [dense], dim=1)
+        pooled = _in_order(self.ebc(sparse), self._feature_names)
+        return torch.cat([pooled, dense], dim=1)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """

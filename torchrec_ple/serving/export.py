@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import warnings
 import zipfile
@@ -42,6 +43,7 @@ from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.loader import parse_spec, plain
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import DropMessages
+from torchrec_ple.train.run_dir import check_out_folder
 
 logger = logging.getLogger("torchrec_ple")
 
@@ -269,37 +271,127 @@ def _quiet_fx_notice() -> None:
         fx_logger.addFilter(DropMessages(_FX_NOTICE))
 
 
-def export_model(spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike) -> Path:
+def export_model(
+    spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike, overwrite: bool = False
+) -> Path:
     """Write a self-contained, unsharded model folder from a fit run.
 
     Uses ``torch.export`` (``model.pt2``); only if that fails, TorchScript (``model.ts``),
     with the reason logged and recorded in the manifest. The exported program is checked
-    against the eager model before the manifest is written.
+    against the eager model before the manifest is written. The folder is written beside
+    ``out_dir`` and renamed into place once complete, so a failed export leaves an earlier
+    one whole.
 
     Args:
         spec (Optional[Spec]): the run's spec; ``None`` reads the run's ``spec.yaml``.
         run_dir (PathLike): ``fit``'s output directory (or one of its checkpoints).
-        out_dir (PathLike): the model folder to write (created; files replaced).
+        out_dir (PathLike): the model folder to write: new, empty, or (with ``overwrite``)
+            an earlier export.
+        overwrite (bool): replace an earlier export in ``out_dir``. Default: False.
 
     Returns:
         Path: ``out_dir``.
+
+    Raises:
+        DataError: ``out_dir`` is a file, holds other files, or holds an earlier export
+            without ``overwrite`` (checked before any work).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_export_out(out_dir, overwrite)
     ckpt, transforms_path = resolve_run(run_dir)
     source_dir = transforms_path.parent
-    given_spec = spec is not None
+    spec_file = None if spec is not None else source_dir / SPEC_FILE
     if spec is None:
         spec = load_saved_spec(source_dir)
-    model, transforms = load_unsharded(spec, run_dir)
+    model, _ = load_unsharded(spec, run_dir)
     serving = serving_model(spec, model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # an incomplete folder has none
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # beside out_dir, on the same filesystem, so the final rename is atomic
+    work = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        _write_model_folder(work, serving, spec, ckpt, transforms_path, spec_file)
+        _put_in_place(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
 
+
+_EXPORT_FILES = (MANIFEST_FILE, PROGRAM_FILE, SCRIPT_FILE, TRANSFORMS_FILE, SPEC_FILE)
+
+
+def check_export_out(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an export folder that would replace anything the user did not ask to replace.
+
+    Args:
+        out_dir (Path): ``export --out``.
+        overwrite (bool): an earlier export there may be replaced.
+
+    Raises:
+        DataError: ``out_dir`` is a file or under one, cannot be written, holds files an
+            export does not write (e.g. a run folder), or holds an earlier export and
+            ``overwrite`` is off.
+    """
+    check_out_folder(out_dir)
+    if not out_dir.is_dir():
+        return
+    names = sorted(p.name for p in out_dir.iterdir())
+    others = [n for n in names if n not in _EXPORT_FILES]
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise DataError(
+            file=str(out_dir),
+            expected="a new or empty folder for --out, or an earlier export",
+            found=f"a folder holding other files ({shown})",
+            hint="pick another --out",
+        )
+    if names and not overwrite:
+        what = "an earlier export" if MANIFEST_FILE in names else "an unfinished export"
+        raise DataError(
+            file=str(out_dir),
+            expected="a new or empty folder for --out",
+            found=what,
+            hint="pass --overwrite to replace it, or pick another --out",
+        )
+    if not os.access(out_dir.parent, os.W_OK | os.X_OK):
+        raise DataError(
+            file=str(out_dir),
+            expected="a folder whose parent this user may write (export renames into place)",
+            found=f"no write permission on {out_dir.parent}",
+        )
+
+
+def _put_in_place(work: Path, out_dir: Path) -> None:
+    """Rename a complete model folder to ``out_dir``; an earlier one there goes only then."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old{os.getpid()}"
+        out_dir.rename(old)
+    try:
+        work.rename(out_dir)
+    except OSError:
+        if old is not None:
+            old.rename(out_dir)  # put the earlier export back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_model_folder(
+    folder: Path,
+    serving: ServingModel,
+    spec: Spec,
+    ckpt: Path,
+    transforms_path: Path,
+    spec_file: Optional[Path],
+) -> None:
+    """The program (or TorchScript), transforms, spec and, last, the manifest."""
     fallback_reason: Optional[str] = None
     try:
         program = export_program(serving, spec)
         module: nn.Module = program.module()
-        torch.export.save(program, str(out_dir / PROGRAM_FILE))
+        torch.export.save(program, str(folder / PROGRAM_FILE))
         kind, file = "torch.export", PROGRAM_FILE
     except Exception as e:  # any export failure falls back to TorchScript
         fallback_reason = f"{type(e).__name__}: {_first_line(e)}"
@@ -311,20 +403,17 @@ def export_model(spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike) -> 
                 f"cannot export the model: torch.export failed ({fallback_reason}) and "
                 f"torch.jit.script failed ({_first_line(script_error)})"
             ) from script_error
-        torch.jit.save(module, str(out_dir / SCRIPT_FILE))
+        torch.jit.save(module, str(folder / SCRIPT_FILE))
         kind, file = "torchscript", SCRIPT_FILE
     _check_same(serving, module, spec)
 
-    shutil.copyfile(transforms_path, out_dir / TRANSFORMS_FILE)
-    if not given_spec:
-        shutil.copyfile(source_dir / SPEC_FILE, out_dir / SPEC_FILE)
+    shutil.copyfile(transforms_path, folder / TRANSFORMS_FILE)
+    if spec_file is not None:
+        shutil.copyfile(spec_file, folder / SPEC_FILE)
     else:  # the spec the model was built from
-        (out_dir / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
+        (folder / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
     manifest = build_manifest(spec, kind, file, ckpt, fallback_reason)
-    tmp = out_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out_dir / MANIFEST_FILE)
-    return out_dir
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
 
 def build_manifest(

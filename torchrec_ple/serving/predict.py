@@ -35,6 +35,7 @@ from torchrec_ple.serving.export import (
 )
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
+from torchrec_ple.train.run_dir import check_out_file
 
 PathLike = Union[str, Path]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -288,7 +289,8 @@ def predict_file(
         model_path (Union[PathLike, Scorer]): a ``fit`` run directory, an exported model
             folder, or an already loaded :class:`Scorer`.
         input_path (PathLike): the rows to score (label columns not needed).
-        output_path (PathLike): the Parquet file to write (replaced atomically).
+        output_path (PathLike): the Parquet file to write (replaced atomically; a folder
+            there is refused).
         batch_size (int): rows per chunk and model call. Default: 4096.
         keep_columns (Sequence[str]): input columns to copy into the output (ids).
         input_format (Optional[str]): ``parquet`` or ``csv``; default from the suffix.
@@ -299,6 +301,7 @@ def predict_file(
     """
     if batch_size < 1:
         raise DataError(expected="batch_size >= 1", found=str(batch_size))
+    check_out_file(Path(output_path))  # before the model is loaded or a row is read
     scorer = model_path if isinstance(model_path, Scorer) else load_scorer(model_path, spec)
     fs = input_file_spec(scorer.spec if spec is None else spec, input_path, input_format)
     names = _output_names(scorer, keep_columns, prefix)

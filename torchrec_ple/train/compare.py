@@ -253,7 +253,10 @@ def _fit(spec: Spec, out_dir: Path, log: Callable[[str], None]) -> Dict[str, Any
     # Looked up at call time so tests can substitute the trainer.
     from torchrec_ple.train import trainer
 
-    return trainer.fit(spec, out_dir, log=log)
+    # The runs under a comparison's --out belong to it: running the comparison again
+    # replaces them, as it replaces compare.json (fit still removes an earlier run only
+    # once the new run's data is read).
+    return trainer.fit(spec, out_dir, log=log, overwrite=True)
 
 
 def compare(

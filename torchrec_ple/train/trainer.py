@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -45,8 +46,9 @@ from torchrec_ple.train.checkpoint import (
 )
 from torchrec_ple.train.distributed import DistContext, init_distributed, shard_model
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
-from torchrec_ple.train.metrics import task_metrics
+from torchrec_ple.train.metrics import binary_auc, format_metric, task_metrics
 from torchrec_ple.train.pipeline import FiniteLossTrainPipeline
+from torchrec_ple.train.run_dir import RunFolder, open_run
 
 logger = logging.getLogger("torchrec_ple")
 
@@ -97,6 +99,7 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
         [t.type for t in spec.tasks],
         esmm_parents=[names.index(t.esmm) if t.esmm else -1 for t in spec.tasks],
         uncertainty=spec.train.loss_weighting == "uncertainty",
+        world_size=ctx.world_size,
     )
     dmp = shard_model(
         module, transforms.tables(), ctx, spec.train.embedding_optimizer, spec.train.batch_size
@@ -124,19 +127,24 @@ def predict_batches(
     (every rank must run the same number of equal-size batches)."""
     model = state.model
     model.eval()
+    device = state.ctx.device
     parts: Dict[str, List[torch.Tensor]] = {"outputs": [], "labels": [], "masks": []}
     for batch in loader:
-        _, (_, outputs, labels, masks) = model(batch.to(state.ctx.device))
-        parts["outputs"].append(outputs.float().cpu())
-        parts["labels"].append(labels.cpu())
-        parts["masks"].append(masks.cpu())
-    out = {name: torch.cat(ts) if ts else torch.zeros(0, num_tasks) for name, ts in parts.items()}
+        _, (_, outputs, labels, masks) = model(batch.to(device))
+        parts["outputs"].append(outputs.float())
+        parts["labels"].append(labels)
+        parts["masks"].append(masks)
+    out = {
+        name: torch.cat(ts) if ts else torch.zeros(0, num_tasks, device=device)
+        for name, ts in parts.items()
+    }
+    # Gathered on the compute device (NCCL has no CPU tensors), copied to CPU once.
     if state.ctx.world_size > 1:
         for name, t in out.items():
             gathered = [torch.empty_like(t) for _ in range(state.ctx.world_size)]
             dist.all_gather(gathered, t.contiguous())
             out[name] = torch.cat(gathered)
-    return out
+    return {name: t.cpu() for name, t in out.items()}
 
 
 def evaluate_encoded(
@@ -156,18 +164,12 @@ def evaluate_encoded(
     )
     for k, t in enumerate(spec.tasks):
         if t.esmm:
-            # ESMM's own target: pCTCVR on the entire (CTR) space.
+            # ESMM's own target: pCTCVR on the entire (CTR) space, ranked by
+            # log pCTCVR = logsigmoid(a) + logsigmoid(b) (no clamp, so no spurious ties).
             p = names.index(t.esmm)
-            out, y, m = preds["outputs"], preds["labels"], preds["masks"]
-            ctcvr_logit = torch.logit(torch.sigmoid(out[:, p]) * torch.sigmoid(out[:, k]), eps=1e-7)
-            extra = task_metrics(
-                ctcvr_logit[:, None],
-                (y[:, p] * y[:, k])[:, None],
-                m[:, p][:, None],
-                ["ctcvr"],
-                ["binary"],
-            )["ctcvr"]
-            result[t.name]["ctcvr_auc"] = extra["auc"]
+            out, y, m = preds["outputs"].double(), preds["labels"], preds["masks"]
+            log_ctcvr = F.logsigmoid(out[:, p]) + F.logsigmoid(out[:, k])
+            result[t.name]["ctcvr_auc"] = binary_auc(log_ctcvr, y[:, p] * y[:, k], m[:, p])
     return result
 
 
@@ -208,21 +210,30 @@ def gate_summary(
     else:
         loader = BatchLoader(data, bs, rank=state.ctx.rank, world_size=state.ctx.world_size)
     sums: Dict[str, torch.Tensor] = {}
-    rows = torch.zeros(())
+    rows = torch.zeros((), dtype=torch.float64)
     for i, batch in enumerate(loader):
         if i * bs * state.ctx.world_size >= max_rows:
             break
         batch = batch.to(state.ctx.device)
         _, gates = model.head.forward_with_gates(model.features(batch.dense, batch.sparse))
+        # padding rows (every task's mask 0) are no samples: they count nowhere
+        real = (batch.masks > 0).any(dim=1)
         for key, w in gates.items():
             sums[key] = (
                 sums.get(key, torch.zeros(w.shape[1], dtype=torch.float64))
-                + w.double().sum(0).cpu()
+                + w.double()[real].sum(0).cpu()
             )
-        rows += batch.batch_size
+        rows += real.sum().cpu()
     if state.ctx.world_size > 1:
-        for t in [rows, *sums.values()]:
-            dist.all_reduce(t)
+        # summed on the compute device: NCCL has no CPU tensors
+        stacked = torch.cat([rows.reshape(1), *sums.values()]).to(state.ctx.device)
+        dist.all_reduce(stacked)
+        stacked = stacked.cpu()
+        rows = stacked[0]
+        offset = 1
+        for key, total in sums.items():
+            sums[key] = stacked[offset : offset + len(total)]
+            offset += len(total)
     gates_out: Dict[str, Any] = {}
     for key, total in sums.items():
         label = key.split("/")[0] + "/" + _gate_owner(spec, key)
@@ -268,16 +279,20 @@ def _rss_mb() -> float:
 
 
 def _gather_floats(value: float, ctx: DistContext) -> List[float]:
-    t = torch.tensor([value], dtype=torch.float64)
     if ctx.world_size == 1:
         return [value]
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)  # NCCL: no CPU tensors
     out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
     dist.all_gather(out, t)
     return [float(x.item()) for x in out]
 
 
 def fit(
-    spec: Spec, out_dir: Path, log: Callable[[str], None] = print, resume: bool = False
+    spec: Spec,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Train a spec and evaluate it on its validation data after every epoch.
 
@@ -285,15 +300,21 @@ def fit(
     ``train.keep_checkpoints``), the fitted ``transforms.json``, the resolved ``spec.yaml``
     and TensorBoard scalars. With ``resume``, continues from the newest complete checkpoint
     (model, fused and dense optimizer state, loss-weight step, data position, RNG) and
-    reuses the saved transforms.
+    reuses the saved transforms. The folder is locked while the run writes it, and an
+    earlier run in it is refused unless ``resume`` or ``overwrite`` (see
+    :mod:`torchrec_ple.train.run_dir`).
 
     Args:
         spec (Spec): the validated spec.
         out_dir (Path): output directory (created).
         log (Callable[[str], None]): where rank 0's lines go. Default: print.
-        resume (bool): continue from ``out_dir``'s newest checkpoint. Default: False.
+        resume (bool): continue from ``out_dir``'s newest checkpoint; refused without one,
+            or with a spec that changed in a key other than
+            :data:`~torchrec_ple.train.run_dir.RESUMABLE_KEYS`. Default: False.
             Under ``torchrun --max-restarts``, a restarted worker (``TORCHELASTIC_RESTART_COUNT``
-            > 0) always resumes.
+            > 0) always resumes (starting over while there is no checkpoint yet).
+        overwrite (bool): replace an earlier run in ``out_dir``; it is removed only after
+            the new run's data was read and its transforms fitted. Default: False.
 
     Returns:
         Dict[str, Any]: the content of ``metrics.json``.
@@ -302,22 +323,35 @@ def fit(
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
     out_dir = Path(out_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ValueError("fit: resume and overwrite exclude each other")
     ckpt_root = out_dir / CHECKPOINT_DIR
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts > 0 and not resume:
         # torchrun --max-restarts restarted the workers after a failure: continue the run
-        # from its newest checkpoint rather than wiping it and starting over.
-        resume = True
+        # from its newest checkpoint (the first attempt already replaced any earlier run).
+        resume, overwrite = True, False
         if ctx.is_main:
             log(f"torchrun restart {restarts}: resuming from the newest checkpoint")
-    resume_from = latest_checkpoint(ckpt_root) if resume else None
-    if not resume and ctx.is_main and ckpt_root.exists():
-        # A fresh run must never be paired with an older run's newer-numbered checkpoints.
-        shutil.rmtree(ckpt_root)
-    if resume and resume_from is None and ctx.is_main:
-        log(f"resume: no complete checkpoint under {ckpt_root}; starting from scratch")
+    # Rank 0 checks, locks and inspects the folder before any data is read; every rank
+    # gets its verdict (a refusal included), so all of them stop or go on alike.
+    verdict: List[Any] = [None]
+    run: Optional[RunFolder] = None
+    if ctx.is_main:
+        try:
+            run = open_run(
+                spec, out_dir, resume=resume, overwrite=overwrite, restarted=restarts > 0, log=log
+            )
+            verdict[0] = dataclasses.replace(run, lock=None)
+        except Exception as e:  # a refusal (DataError, SpecError) or e.g. an OSError
+            verdict[0] = e
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(verdict, src=0)
+    if isinstance(verdict[0], Exception):
+        raise verdict[0]
+    run = run or verdict[0]
+    assert run is not None
+    resume_from = run.resume_from
 
     t0 = time.perf_counter()
     train_data: Union[EncodedData, StreamingBatches]
@@ -326,7 +360,9 @@ def fit(
         # One streaming pass on rank 0 (reading only the columns fitting needs); the other
         # ranks wait for transforms.json and load it, so every rank encodes alike.
         if resume_from is None and ctx.is_main:
-            fit_transforms(spec).save(out_dir / TRANSFORMS_FILE)
+            fitted = fit_transforms(spec)
+            run.replace_earlier(log)  # only now: the data was read and the transforms fit
+            fitted.save(out_dir / TRANSFORMS_FILE)
         if ctx.world_size > 1:
             dist.barrier()
         transforms = FeatureTransforms.load(spec, out_dir / TRANSFORMS_FILE)
@@ -347,8 +383,10 @@ def fit(
     prep_seconds = time.perf_counter() - t0
     if ctx.is_main:
         if resume_from is None and not spec.data.streaming:
+            run.replace_earlier(log)  # only now: the data was read and the transforms fit
             transforms.save(out_dir / TRANSFORMS_FILE)
-        write_text_atomic(out_dir / SPEC_FILE, yaml.safe_dump(plain(spec.raw), sort_keys=False))
+        if run.write_spec:  # once, for a new run: a resume was checked against it
+            write_text_atomic(out_dir / SPEC_FILE, yaml.safe_dump(plain(spec.raw), sort_keys=False))
         log(
             f"data: {n_train} train / {n_valid} "
             f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
@@ -366,6 +404,9 @@ def fit(
             f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size "
             f"{ctx.world_size}, table MB per rank [{mb}]"
         )
+        from torchrec_ple.threads import describe_threads  # (issue 16) policy and why
+
+        log(describe_threads(torch.get_num_threads()))
     history: List[Dict[str, Any]] = []
     skipped: List[Dict[str, Any]] = []
     step, epoch0, batch0 = 0, 0, 0
@@ -523,7 +564,12 @@ def fit(
             entry["validation"] = evaluate_encoded(spec, state, valid_data)
             for name, m in entry["validation"].items():
                 scalars.add(
-                    {f"validation/{name}/{k}": v for k, v in m.items() if k != "count"}, step
+                    {
+                        f"validation/{name}/{k}": v
+                        for k, v in m.items()
+                        if k != "count" and isinstance(v, float)
+                    },
+                    step,
                 )
         rss = _gather_floats(_rss_mb(), ctx)
         scalars.add({f"memory_mb/rank{r}": v for r, v in enumerate(rss)}, step)
@@ -729,7 +775,9 @@ def _format_epoch(entry: Dict[str, Any]) -> str:
     parts = [f"epoch {entry['epoch']}"]
     for name, m in entry.get("validation", {}).items():
         metric = "auc" if "auc" in m else "mse"
-        parts.append(f"{name} {metric}={m[metric]:.4f} (n={m['count']})")
+        parts.append(f"{name} {metric}={format_metric(m[metric])} (n={m['count']})")
+        if m.get("note"):
+            parts.append(f"[{name}: {m['note']}]")
     return "  ".join(parts)
 
 
