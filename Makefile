@@ -54,4 +54,3 @@ bench-quick: $(STAMP)
 bench-peers: $(STAMP)
 	bash benchmarks/peers_setup.sh
 	$(PY) -m benchmarks.peers
-	$(PY) -m benchmarks.fit

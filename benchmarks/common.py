@@ -1,17 +1,18 @@
 """Shared benchmark helpers: threads, alternating timed rounds, medians, tables, JSON, data.
 
-Nothing here imports torch at module level: the peers' workers (other venvs, no torchrec)
-import this module too.
+Nothing here imports torch at module level. Importing it imports ``torchrec_ple`` first, which
+chooses ``OMP_WAIT_POLICY`` (read when libgomp loads, at ``import torch``) unless it is set.
 """
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
-
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys

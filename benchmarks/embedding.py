@@ -19,10 +19,13 @@ and >= 1.3x ``nn_sparse``.
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
 os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
 
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import gc
 import time
 import warnings

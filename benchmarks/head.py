@@ -17,11 +17,11 @@ mixtures and activations are not counted). Target: ``ple`` >= 40% of ``mm``'s GF
     python -m benchmarks.head [--quick] [--threads N] [--rounds R] [--batch B]
 """
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
-
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 

@@ -1,39 +1,56 @@
-"""Peers: DeepCTR-Torch and torch-rechub PLE against torchrec-ple on the same data and sizes.
+"""Peers: whole ``torchrec-ple fit`` vs DeepCTR-Torch, torch-rechub, FuxiCTR and plain PyTorch.
 
-Setup (not part of CI): ``bash benchmarks/peers_setup.sh`` makes ``benchmarks/.venv-deepctr``
-and ``benchmarks/.venv-rechub`` (git-ignored) with the project's torch (2.13.0, the local CPU wheel) plus
-``deepctr-torch==0.3.0`` / ``torch-rechub==0.9.0``.
+The same rows, sizes and epochs for all, alternated in rounds.
 
-Every contender trains on the census-like Parquet of ``benchmarks.fit`` (same rows, seed and
-files), PLE with 2 levels, 1 shared + 1 task expert, experts [64, 32], single-linear gates,
-towers [32], embedding dim 8, batch 1024, Adam 1e-3, the same epochs, and reports training
-samples/s of its own fit loop and validation AUC per task. Contenders run as subprocesses
-(each in its venv), alternated in rounds; the ratios are medians of per-round ratios.
+Contenders (each one whole process, in its own venv, timed from outside start to exit):
 
-* ``torchrec-ple``: ``python -m benchmarks.fit --datasets census`` (fused adagrad 0.05 on the
-  tables, dense Adam 1e-3);
-* ``deepctr-torch``: ``deepctr_torch.models.PLE`` + ``model.compile("adam", ...)`` +
-  ``model.fit(x, y, batch_size=1024)`` (timed: the whole ``fit`` call, no validation inside);
-* ``torch-rechub``: ``torch_rechub.models.multi_task.PLE`` + ``MTLTrainer.fit`` (timed: its
-  ``train_one_epoch`` calls; the per-epoch validation and model save are not counted).
+* ``torchrec-ple``: the real CLI, ``torchrec-ple fit SPEC --out DIR`` on the census-like Parquet
+  of ``benchmarks.fit`` (imports, reading and encoding, training, evaluation, checkpoints,
+  ``metrics.json``); fused adagrad 0.05 on the tables, dense Adam 1e-3;
+* ``deepctr`` (DeepCTR-Torch 0.3.0), ``rechub`` (torch-rechub 0.9.0), ``fuxi`` (FuxiCTR 2.3.10
+  with its model-zoo PLE file) and ``ref`` (the plain-PyTorch PLE yardstick: one table, batched
+  experts, fused level-1 matmul): the scripts of the peer harness ``$PEERS_HOME`` (default
+  ``../shared/peers`` from the repository root; see its README), called by path, on the same
+  rows exported to its ``.npz`` layout (ids 1..V by training frequency, 0 = unseen, and
+  ``vocab_sizes`` = V + 1, the table rows its scripts build; standardized numeric columns; the
+  validation rows split in two halves ``val_idx`` / ``test_idx``). Adam 1e-3 everywhere.
 
-Categorical values are mapped to ids 1..V by training-set frequency (0: unseen) and numeric
-columns standardized, outside the timed part, for the peers (the peers take encoded arrays).
+Same model everywhere: PLE 2 levels, 1 shared + 1 task expert, experts [64, 32], towers [32],
+embedding dim 8, batch 1024, the same epochs and threads. Reported per contender (medians over
+rounds) and as torchrec-ple / contender (median of the per-round ratios):
 
-    python -m benchmarks.peers [--quick] [--rounds R] [--epochs E] [--peers deepctr,rechub]
+* training samples/s: rows x epochs / seconds of the training epochs (torchrec-ple: ``fit``'s
+  own ``train.samples_per_second``; peers: the harness's epoch times, validation excluded);
+* AUC per task on all validation rows (after the last epoch);
+* peak RSS: ``fit``'s ``max_rss_mb_per_rank``; the peers' ``peak_rss_fit_mb`` (through fit
+  and predict, before the harness's extra compute-only probe);
+* wall: the whole process, start to exit. For the peers also start to the end of their
+  evaluation (the same 2-epoch work; the harness then runs a compute-only probe of 130 more
+  steps, shown as "whole script"). The Done-when ratio of issue #16 is torchrec-ple's whole
+  ``fit`` over the peer's start-to-end-of-evaluation wall.
+
+``OMP_WAIT_POLICY``: a value set in the environment goes to every contender; otherwise
+``torchrec-ple fit`` chooses its own and the others run with libgomp's default.
+
+    bash benchmarks/peers_setup.sh     # once: benchmarks/.venv-{deepctr,rechub,fuxi,ref}
+    python -m benchmarks.peers [--quick] [--rounds R] [--epochs E] [--threads T]
+                               [--peers deepctr,rechub,fuxi,ref] [--peers-home DIR]
 """
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp loads: before torch
-
 # ruff: noqa: E402
+# Before torch: the package chooses OMP_WAIT_POLICY (read when libgomp loads) unless set.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import json
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -45,319 +62,431 @@ from benchmarks.common import (
     CENSUS_NUMERIC,
     REPO_ROOT,
     base_parser,
+    census_spec,
     census_valid_rows,
     data_dir,
     fmt,
     markdown_table,
     median,
     out_path,
-    paired_ratio,
     write_census,
     write_json,
+    write_yaml,
 )
+from torchrec_ple.threads import CHOSEN
 
-PEERS = {
-    "deepctr": ("deepctr-torch", "benchmarks/.venv-deepctr"),
-    "rechub": ("torch-rechub", "benchmarks/.venv-rechub"),
-}
 OURS = "torchrec-ple"
-BATCH = 1024
-EXPERT_DIMS = [64, 32]
-TOWER_DIMS = [32]
-EMB_DIM = 8
+# key: (label, venv, harness script, its arguments before the seed)
+PEERS: Dict[str, Tuple[str, str, str, List[str]]] = {
+    "deepctr": ("deepctr-torch 0.3.0", "benchmarks/.venv-deepctr", "bench_deepctr.py", ["PLE"]),
+    "rechub": ("torch-rechub 0.9.0", "benchmarks/.venv-rechub", "bench_rechub.py", ["PLE"]),
+    "fuxi": ("fuxictr 2.3.10", "benchmarks/.venv-fuxi", "bench_fuxi.py", ["PLE"]),
+    "ref": ("plain-pytorch PLE", "benchmarks/.venv-ref", "bench_ref.py", ["batched2_fused"]),
+}
+YARDSTICK = "ref"  # not a library: left out of "best peer"
+HARNESS_LABELS = ("income", "marital")  # the harness's names of label_a, label_b
+SEED = 0
 
-# ------------------------------------------------------------------------------ worker side
+# Runs a harness script by path in a peer's venv, unchanged; it only notes the time when the
+# script first asks for its peak RSS (right after its test-set evaluation, before its
+# compute-only probe) and adds it to the result JSON.
+WRAPPER = """
+import runpy, sys, time
+home, script = sys.argv[1], sys.argv[2]
+sys.path.insert(0, home)
+import common as C
+mark, peak, save = {}, C.peak_rss_mb, C.save
+def peak_rss_mb():
+    mark.setdefault("eval_done_unix", time.time())
+    return peak()
+def save_with_mark(result, tag):
+    result.update(mark)
+    return save(result, tag)
+C.peak_rss_mb, C.save = peak_rss_mb, save_with_mark
+sys.argv = [script] + sys.argv[3:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+# ------------------------------------------------------------------------------ data
 
 
-def encode(train_path: Path, valid_path: Path) -> Tuple[Dict[str, Any], ...]:
-    """Ids 1..V by training frequency (0: unseen) and standardized numeric columns."""
+def export_npz(train: Path, valid: Path, seed: int = SEED) -> Tuple[Path, Path]:
+    """The census-like Parquet pair in the harness's ``.npz`` layout, plus its meta JSON
+    (written next to the Parquet files once, then reused)."""
+    npz = train.with_name(train.name.replace("_train.parquet", "_mtl_v1.npz"))
+    meta = npz.with_name(npz.stem + "_meta.json")
+    if npz.is_file() and meta.is_file():
+        return npz, meta
     import pyarrow.parquet as pq
 
-    train = pq.read_table(train_path).to_pandas()
-    valid = pq.read_table(valid_path).to_pandas()
-    xt: Dict[str, np.ndarray] = {}
-    xv: Dict[str, np.ndarray] = {}
-    vocab: Dict[str, int] = {}
+    tr = pq.read_table(train).to_pandas()
+    va = pq.read_table(valid).to_pandas()
+    sparse_tr, sparse_va, vocab = [], [], []
     for c in CENSUS_CATEGORICAL:
-        values = train[c].value_counts().index
+        values = tr[c].value_counts(sort=True).index  # ids 1..V by training frequency
         mapping = {v: i + 1 for i, v in enumerate(values)}
-        vocab[c] = len(values) + 1
-        xt[c] = train[c].map(mapping).fillna(0).to_numpy(np.int64)
-        xv[c] = valid[c].map(mapping).fillna(0).to_numpy(np.int64)
+        vocab.append(len(values) + 1)  # table rows: the harness's scripts index 0..V
+        sparse_tr.append(tr[c].map(mapping).fillna(0).to_numpy(np.int64))
+        sparse_va.append(va[c].map(mapping).fillna(0).to_numpy(np.int64))
+    dense_tr, dense_va = [], []
     for n in CENSUS_NUMERIC:
-        mean, std = float(train[n].mean()), float(train[n].std()) or 1.0
-        xt[n] = ((train[n] - mean) / std).to_numpy(np.float32)
-        xv[n] = ((valid[n] - mean) / std).to_numpy(np.float32)
-    yt = train[CENSUS_LABELS].to_numpy(np.float32)
-    yv = valid[CENSUS_LABELS].to_numpy(np.float32)
-    return xt, yt, xv, yv, vocab  # type: ignore[return-value]
+        mean, std = float(tr[n].mean()), float(tr[n].std()) or 1.0
+        dense_tr.append(((tr[n] - mean) / std).to_numpy(np.float32))
+        dense_va.append(((va[n] - mean) / std).to_numpy(np.float32))
+    perm = np.random.default_rng(seed).permutation(len(va)).astype(np.int64)
+    half = len(va) // 2
+    arrays = {
+        "sparse_train": np.stack(sparse_tr, 1),
+        "dense_train": np.stack(dense_tr, 1),
+        "y_train": tr[CENSUS_LABELS].to_numpy(np.float32),
+        "sparse_test": np.stack(sparse_va, 1),
+        "dense_test": np.stack(dense_va, 1),
+        "y_test": va[CENSUS_LABELS].to_numpy(np.float32),
+        "val_idx": np.sort(perm[:half]),
+        "test_idx": np.sort(perm[half:]),
+        "vocab_sizes": np.asarray(vocab, np.int64),
+    }
+    info = {
+        "source": [str(train), str(valid)],
+        "sparse": CENSUS_CATEGORICAL,
+        "dense": CENSUS_NUMERIC,
+        "labels": dict(zip(HARNESS_LABELS, CENSUS_LABELS)),
+        "train_rows": len(tr),
+        "test_rows": len(va),
+    }
+    tmp = npz.with_name(f".{npz.stem}.{os.getpid()}.npz")  # atomic: runs may share the folder
+    np.savez(tmp, **arrays)
+    tmp.replace(npz)
+    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}")
+    tmp_meta.write_text(json.dumps(info, indent=1))
+    tmp_meta.replace(meta)
+    return npz, meta
 
 
-def _aucs(y: np.ndarray, p: np.ndarray) -> Dict[str, float]:
-    from sklearn.metrics import roc_auc_score
-
-    return {n: float(roc_auc_score(y[:, k], p[:, k])) for k, n in enumerate(CENSUS_LABELS)}
+# ------------------------------------------------------------------------------ runs
 
 
-def run_deepctr(args: Any) -> Dict[str, Any]:
-    """DeepCTR-Torch's PLE through its own ``fit``."""
-    # deepctr_torch asks PyPI for a newer release in a thread at import: no network call.
-    stub = types.ModuleType("requests")
-    stub.codes = types.SimpleNamespace(ok=200)  # type: ignore[attr-defined]
-    stub.get = lambda *a, **k: types.SimpleNamespace(status_code=0, text="")  # type: ignore[attr-defined]
-    sys.modules["requests"] = stub
-    import torch
-    from deepctr_torch.inputs import DenseFeat, SparseFeat
-    from deepctr_torch.models import PLE
-
-    xt, yt, xv, yv, vocab = encode(args.train, args.valid)
-    columns = [SparseFeat(c, vocabulary_size=vocab[c], embedding_dim=EMB_DIM) for c in vocab]
-    columns += [DenseFeat(n, 1) for n in CENSUS_NUMERIC]
-    torch.manual_seed(0)
-    model = PLE(
-        columns,
-        shared_expert_num=1,
-        specific_expert_num=1,
-        num_levels=2,
-        expert_dnn_hidden_units=tuple(EXPERT_DIMS),
-        gate_dnn_hidden_units=(),  # single-linear gates, as in the paper and torchrec-ple
-        tower_dnn_hidden_units=tuple(TOWER_DIMS),
-        l2_reg_embedding=0.0,
-        l2_reg_linear=0.0,
-        task_types=("binary", "binary"),
-        task_names=tuple(CENSUS_LABELS),
-        device="cpu",
-        seed=0,
-    )
-    model.compile("adam", loss=["binary_crossentropy"] * 2, metrics=[])  # Adam, lr 1e-3
-    t0 = time.perf_counter()
-    model.fit(xt, yt, batch_size=BATCH, epochs=args.epochs, verbose=0, shuffle=True)
-    seconds = time.perf_counter() - t0
-    pred = model.predict(xv, batch_size=4 * BATCH)
-    return {"train_seconds": seconds, "auc": _aucs(yv, np.asarray(pred))}
+def child_env() -> Dict[str, str]:
+    """This environment without the wait policy that ``import torchrec_ple`` chose here: a
+    user's own ``OMP_WAIT_POLICY`` reaches every contender, a chosen one none of them."""
+    env = dict(os.environ)
+    if env.get(CHOSEN) is not None and env.get(CHOSEN) == env.get("OMP_WAIT_POLICY"):
+        env.pop("OMP_WAIT_POLICY")
+    env.pop(CHOSEN, None)
+    return env
 
 
-def run_rechub(args: Any) -> Dict[str, Any]:
-    """torch-rechub's PLE through ``MTLTrainer.fit`` (training epochs timed)."""
-    import torch
-    from torch.utils.data import DataLoader
-    from torch_rechub.basic.features import DenseFeature, SparseFeature
-    from torch_rechub.models.multi_task import PLE
-    from torch_rechub.trainers import MTLTrainer
-    from torch_rechub.utils.data import DataGenerator
-
-    xt, yt, xv, yv, vocab = encode(args.train, args.valid)
-    features: List[Any] = [SparseFeature(c, vocab_size=vocab[c], embed_dim=EMB_DIM) for c in vocab]
-    features += [DenseFeature(n, embed_dim=1) for n in CENSUS_NUMERIC]
-    torch.manual_seed(0)
-    model = PLE(
-        features,
-        task_types=["classification", "classification"],
-        n_level=2,
-        n_expert_specific=1,
-        n_expert_shared=1,
-        expert_params={"dims": EXPERT_DIMS},
-        tower_params_list=[{"dims": TOWER_DIMS}, {"dims": TOWER_DIMS}],
-    )
-    train_dl, val_dl, _ = DataGenerator(xt, yt).generate_dataloader(
-        x_val=xv, y_val=yv, x_test=xv, y_test=yv, batch_size=BATCH
-    )
-    with tempfile.TemporaryDirectory(prefix="bench_rechub_") as tmp:
-        trainer = MTLTrainer(
-            model,
-            task_types=["classification", "classification"],
-            optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
-            n_epoch=args.epochs,
-            earlystop_patience=args.epochs + 1,
-            device="cpu",
-            model_path=tmp,
-        )
-        timed: List[float] = []
-        train_one_epoch = trainer.train_one_epoch
-
-        def timed_epoch(loader: Any) -> Any:
-            t0 = time.perf_counter()
-            out = train_one_epoch(loader)
-            timed.append(time.perf_counter() - t0)
-            return out
-
-        trainer.train_one_epoch = timed_epoch  # type: ignore[method-assign]
-        trainer.fit(train_dl, val_dl)
-        inputs = DataLoader(_Inputs(xv), batch_size=4 * BATCH, shuffle=False)
-        pred = np.asarray(trainer.predict(trainer.model, inputs))
-    return {"train_seconds": sum(timed), "auc": _aucs(yv, pred)}
-
-
-class _Inputs:
-    """A map-style dataset of input dicts (rechub's ``predict`` takes batches of ``x``)."""
-
-    def __init__(self, x: Dict[str, np.ndarray]) -> None:
-        self.x = x
-        self.n = len(next(iter(x.values())))
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        return {k: v[i] for k, v in self.x.items()}
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def worker(args: Any) -> int:
-    """Run one peer in this (its own) venv and write its result JSON."""
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import pyarrow.parquet as pq
-
-    rows = pq.read_metadata(args.train).num_rows
-    result = {"deepctr": run_deepctr, "rechub": run_rechub}[args.worker](args)
-    result.update(
-        train_rows=rows,
-        epochs=args.epochs,
-        samples_per_second=rows * args.epochs / result["train_seconds"],
-        torch=torch.__version__,
-        torch_num_threads=torch.get_num_threads(),
-        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY"),
-    )
-    Path(args.result).write_text(json.dumps(result))
-    return 0
-
-
-# ------------------------------------------------------------------------------ orchestrator
-
-
-def _python(peer: str) -> Path:
-    return REPO_ROOT / PEERS[peer][1] / "bin" / "python"
-
-
-def run_contender(name: str, args: Any, train: Path, valid: Path, rows: int) -> Dict[str, Any]:
-    """One training run of a contender in a subprocess: its result dict, or ``error``."""
-    with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
-        result = Path(tmp) / "result.json"
-        threads = ["--threads", str(args.threads)] if args.threads else []
-        if name == OURS:
-            cmd = [sys.executable, "-m", "benchmarks.fit", "--datasets", "census", "--rounds", "1"]
-            cmd += ["--rows", str(rows), "--valid-rows", str(args.valid_rows_n)]
-            cmd += ["--epochs", str(args.epochs), "--data-dir", str(args.data_dir_resolved)]
-            cmd += ["--out", str(result), "--peers", str(Path(tmp) / "none.json")] + threads
-        else:
-            peer = next(k for k, v in PEERS.items() if v[0] == name)
-            cmd = [str(_python(peer)), "-m", "benchmarks.peers", "--worker", peer]
-            cmd += ["--train", str(train), "--valid", str(valid), "--epochs", str(args.epochs)]
-            cmd += ["--result", str(result)] + threads
-        env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+def run_process(
+    cmd: List[str], env: Dict[str, str], log: Path, timeout: float
+) -> Tuple[Optional[int], float, float, float]:
+    """Run ``cmd`` to its end: (exit code or None on timeout, start unix time, wall seconds,
+    peak RSS MB of the process from ``wait4``)."""
+    with open(log, "w") as out:
+        t_unix, t0 = time.time(), time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
         try:
-            r = subprocess.run(
-                cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {args.timeout}s"}
-        if r.returncode != 0 or not result.is_file():
-            return {"error": f"exit code {r.returncode}: {(r.stdout + r.stderr)[-2500:]}"}
-        data = json.loads(result.read_text())
-    if name == OURS:
-        c = data["results"]["census"]
-        return {
-            "samples_per_second": c["median_samples_per_second"],
-            "auc": {t: m["auc"] for t, m in c["tasks"].items()},
-            "train_rows": c["train_rows"],
-            "epochs": args.epochs,
-        }
-    return data
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    code = None if proc.returncode == -9 and wall >= timeout else proc.returncode
+    return code, t_unix, wall, usage.ru_maxrss / 1024.0  # ru_maxrss: KiB on Linux
+
+
+def fit_command() -> List[str]:
+    """The real CLI of this venv (``torchrec-ple``), else ``python -m torchrec_ple``."""
+    script = Path(sys.executable).with_name("torchrec-ple")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "torchrec_ple"]
+
+
+def run_ours(spec: Path, timeout: float, tmp: Path) -> Dict[str, Any]:
+    """One whole ``torchrec-ple fit``; its numbers or ``error``."""
+    run_dir = tmp / "run"
+    cmd = fit_command() + ["fit", str(spec), "--out", str(run_dir)]
+    code, _, wall, rss = run_process(cmd, child_env(), tmp / "log.txt", timeout)
+    log = (tmp / "log.txt").read_text(errors="replace")
+    metrics_file = run_dir / "metrics.json"
+    if code != 0 or not metrics_file.is_file():
+        return {"error": f"exit code {code}: {log[-2500:]}"}
+    m = json.loads(metrics_file.read_text())
+    policy = re.search(r"OMP_WAIT_POLICY=(\w+)", log)
+    return {
+        "samples_per_second": m["train"]["samples_per_second"],
+        "auc": {t: m["tasks"][t]["auc"] for t in CENSUS_LABELS},
+        "peak_rss_mb": max(m["train"]["max_rss_mb_per_rank"]),
+        "process_max_rss_mb": rss,
+        "wall_s": wall,
+        "wall_to_eval_s": wall,  # the whole command is the 2-epoch work
+        "train_seconds": m["train"]["seconds"],
+        "data_seconds": m["train"].get("data_seconds"),
+        "OMP_WAIT_POLICY": policy.group(1) if policy else None,
+    }
+
+
+def run_peer(
+    peer: str, home: Path, npz: Path, meta: Path, rows: int, args: Any, tmp: Path
+) -> Dict[str, Any]:
+    """One whole harness script of a peer in its venv; its numbers or ``error``."""
+    _, venv, script, script_args = PEERS[peer]
+    results = tmp / "results"
+    env = child_env()
+    env.update(
+        PEERS_HOME=str(tmp / "work"),  # the harness's scratch (FuxiCTR's npz copies): private
+        PEERS_DATA=str(npz),
+        PEERS_META=str(meta),
+        RESULTS=str(results),
+        EPOCHS=str(args.epochs),
+        THREADS=str(args.threads),
+    )
+    env.pop("SMOKE", None)
+    python = REPO_ROOT / venv / "bin" / "python"
+    cmd = [str(python), "-c", WRAPPER, str(home), str(home / script)] + script_args + [str(SEED)]
+    code, t_unix, wall, rss = run_process(cmd, env, tmp / "log.txt", args.timeout)
+    found = sorted(results.glob("*.json")) if results.is_dir() else []
+    if code != 0 or not found:
+        log = (tmp / "log.txt").read_text(errors="replace")
+        return {"error": f"exit code {code}: {log[-2500:]}"}
+    r = json.loads(found[0].read_text())
+    epochs = r["epoch_times_fit_s"]
+    return {
+        "samples_per_second": rows * len(epochs) / sum(epochs),
+        "samples_per_second_later_epochs": r.get("sps_fit"),
+        "samples_per_second_compute_probe": r.get("sps_compute"),
+        "auc": {t: r[f"auc_{h}_test_full"] for t, h in zip(CENSUS_LABELS, HARNESS_LABELS)},
+        "peak_rss_mb": r.get("peak_rss_fit_mb"),
+        "process_max_rss_mb": rss,
+        "wall_s": wall,
+        "wall_to_eval_s": r["eval_done_unix"] - t_unix if "eval_done_unix" in r else wall,
+        "train_seconds": sum(epochs),
+        "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY"),
+        "harness": r,
+    }
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def ratio(ours: List[Dict[str, Any]], theirs: List[Dict[str, Any]], key: str) -> Optional[float]:
+    """Median over rounds of ours[key] / theirs[key], both from the same round."""
+    pairs = [(a.get(key), b.get(key)) for a, b in zip(ours, theirs)]
+    vals = [a / b for a, b in pairs if a is not None and b]
+    return median(vals) if vals else None
+
+
+def times(value: Optional[float]) -> str:
+    """A ratio cell: ``1.23x``, ``-`` for none."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def stat(runs: List[Dict[str, Any]], key: str, sub: Optional[str] = None) -> Optional[float]:
+    vals = [r[key][sub] if sub else r[key] for r in runs if r.get(key) is not None]
+    return median(vals) if vals else None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = base_parser("peers", __doc__.splitlines()[0])
-    p.add_argument("--peers", default="deepctr,rechub", help="comma list of: deepctr, rechub")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of: {', '.join(PEERS)}")
+    p.add_argument("--peers-home", type=Path, default=None, help="the peer harness folder")
     p.add_argument("--rows", type=int, default=None, help="training rows (200000)")
     p.add_argument("--valid-rows", type=int, default=None, help="validation rows (rows / 4)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs for every contender")
-    p.add_argument("--data-dir", type=Path, default=None, help="where the Parquet files go")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per training run")
-    # worker mode (inside a peer's venv)
-    p.add_argument("--worker", choices=list(PEERS), help=argparse_hidden())
-    p.add_argument("--train", type=Path, help=argparse_hidden())
-    p.add_argument("--valid", type=Path, help=argparse_hidden())
-    p.add_argument("--result", type=Path, help=argparse_hidden())
+    p.add_argument("--epochs", type=int, default=None, help="epochs for every contender (2)")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the data files go")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     args = p.parse_args(argv)
-    if args.worker:
-        return worker(args)
 
+    home = args.peers_home or Path(os.environ.get("PEERS_HOME") or REPO_ROOT / "../shared/peers")
+    home = home.resolve()
+    if not (home / "common.py").is_file():
+        print(f"peer harness not found at {home}: set PEERS_HOME or --peers-home", file=sys.stderr)
+        return 2
+    args.threads = args.threads or 2
+    args.epochs = args.epochs or (1 if args.quick else 2)
     rows = args.rows or (4000 if args.quick else 200_000)
-    args.valid_rows_n = census_valid_rows(rows, args.valid_rows)
+    valid_rows = census_valid_rows(rows, args.valid_rows)
     rounds = args.rounds or (1 if args.quick else 3)
-    args.data_dir_resolved = data_dir(args.data_dir)
-    train, valid = write_census(args.data_dir_resolved, rows, args.valid_rows_n, seed=0)
-    print(f"data: {train} ({rows:,} rows), {valid}; epochs {args.epochs}, batch {BATCH}")
+    folder = data_dir(args.data_dir)
+    train, valid = write_census(folder, rows, valid_rows, seed=SEED)
+    npz, meta = export_npz(train, valid)
+    spec = census_spec(train, valid, epochs=args.epochs, num_threads=args.threads)
+    spec_path = write_yaml(folder / f"peers_{rows}_{valid_rows}_e{args.epochs}_spec.yaml", spec)
+    print(f"data: {train} ({rows:,} rows), {valid} ({valid_rows:,}); same rows as {npz}")
+    print(
+        f"epochs {args.epochs}, batch 1024, {args.threads} threads, {rounds} rounds; harness {home}"
+    )
+    user_policy = child_env().get("OMP_WAIT_POLICY")
+    print(
+        f"OMP_WAIT_POLICY={user_policy} for every contender"
+        if user_policy
+        else "OMP_WAIT_POLICY: torchrec-ple chooses its own; the others run with libgomp's default"
+    )
 
     names = [OURS]
-    missing: Dict[str, str] = {}
+    failed: Dict[str, str] = {}
     for peer in args.peers.split(","):
-        label, venv = PEERS[peer]
-        if _python(peer).is_file():
-            names.append(label)
+        if peer not in PEERS:
+            p.error(f"unknown peer {peer!r} (one of {', '.join(PEERS)})")
+        if (REPO_ROOT / PEERS[peer][1] / "bin" / "python").is_file():
+            names.append(peer)
         else:
-            missing[label] = f"{venv} not found: run `bash benchmarks/peers_setup.sh {peer}`"
-            print(f"{label}: skipped ({missing[label]})")
+            failed[peer] = (
+                f"{PEERS[peer][1]} not found: run `bash benchmarks/peers_setup.sh {peer}`"
+            )
+            print(f"{peer}: skipped ({failed[peer]})")
 
     runs: Dict[str, List[Dict[str, Any]]] = {n: [] for n in names}
-    failed: Dict[str, str] = dict(missing)
+    t_start = time.perf_counter()
     for r in range(rounds):
         k = r % len(names)
+        load = os.getloadavg()[0]
         for name in names[k:] + names[:k]:
             if name in failed:
                 continue
-            res = run_contender(name, args, train, valid, rows)
+            with tempfile.TemporaryDirectory(prefix=f"bench_peers_{name}_") as tmp:
+                if name == OURS:
+                    res = run_ours(spec_path, args.timeout, Path(tmp))
+                else:
+                    res = run_peer(name, home, npz, meta, rows, args, Path(tmp))
             if "error" in res:
                 failed[name] = res["error"]
                 print(f"round {r + 1}: {name} FAILED: {res['error']}")
                 continue
+            res["round"] = r + 1
+            res["load_average_before_round"] = load
             runs[name].append(res)
             aucs = ", ".join(f"{v:.4f}" for v in res["auc"].values())
-            print(f"round {r + 1}: {name} {res['samples_per_second']:,.0f} samples/s, AUC {aucs}")
+            print(
+                f"round {r + 1}: {name}: {res['samples_per_second']:,.0f} samples/s, AUC {aucs}, "
+                f"peak RSS {fmt(res['peak_rss_mb'])} MB, wall {res['wall_to_eval_s']:.1f} s "
+                f"(process {res['wall_s']:.1f} s)",
+                flush=True,
+            )
+    if failed.get(OURS) or not runs.get(OURS):
+        print(f"{OURS} failed: no ratios")
+        return 1
+    # Rounds where a contender failed leave it out; ratios pair rounds that both finished.
+    ours_by_round = {x["round"]: x for x in runs[OURS]}
 
-    rates = {n: [x["samples_per_second"] for x in v] for n, v in runs.items()}
+    def paired(name: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        both = [x for x in runs.get(name, []) if x["round"] in ours_by_round]
+        return [ours_by_round[x["round"]] for x in both], both
+
     results: Dict[str, Any] = {}
     table = []
-    for name in names + [m for m in missing]:
-        ok = bool(rates.get(name))
-        ratio = paired_ratio(rates[OURS], rates[name]) if ok and rates.get(OURS) else None
-        last = runs[name][-1] if ok else {}
-        results[name] = {
-            "samples_per_second": rates.get(name, []),
-            "median_samples_per_second": median(rates[name]) if ok else None,
-            "auc": last.get("auc", {}),
+    for name in names + [n for n in failed if n not in names]:
+        label = OURS + " fit" if name == OURS else PEERS[name][0]
+        ok = bool(runs.get(name))
+        a, b = paired(name) if ok else ([], [])
+        entry: Dict[str, Any] = {
+            "label": label,
+            "samples_per_second": [x["samples_per_second"] for x in runs.get(name, [])],
+            "median_samples_per_second": stat(runs.get(name, []), "samples_per_second"),
+            "auc": {t: stat(runs.get(name, []), "auc", t) for t in CENSUS_LABELS},
+            "peak_rss_mb": stat(runs.get(name, []), "peak_rss_mb"),
+            "wall_s": stat(runs.get(name, []), "wall_s"),
+            "wall_to_eval_s": stat(runs.get(name, []), "wall_to_eval_s"),
             "train_rows": rows,
             "epochs": args.epochs,
-            "torchrec_ple_over_peer": ratio,
             "error": failed.get(name),
+            "runs": runs.get(name, []),
         }
-        aucs = [last.get("auc", {}).get(t) for t in CENSUS_LABELS]
+        if name != OURS and ok:
+            entry["torchrec_ple_over_peer"] = ratio(a, b, "samples_per_second")
+            entry["peak_rss_ours_over_peer"] = ratio(a, b, "peak_rss_mb")
+            # ours: the whole fit command; theirs: start to the end of their evaluation
+            wall_pairs = [x["wall_s"] / y["wall_to_eval_s"] for x, y in zip(a, b)]
+            entry["wall_ours_over_peer"] = median(wall_pairs)
+            entry["wall_ours_over_peer_whole_script"] = ratio(a, b, "wall_s")
+            entry["auc_ours_minus_peer"] = {
+                t: median([x["auc"][t] - y["auc"][t] for x, y in zip(a, b)]) for t in CENSUS_LABELS
+            }
+        results[name] = entry
         table.append(
             [
-                name,
-                fmt(results[name]["median_samples_per_second"]),
-                fmt(ratio, 2) + "x" if ratio else "-",
-                fmt(aucs[0], 4),
-                fmt(aucs[1], 4),
+                label,
+                fmt(entry["median_samples_per_second"]),
+                times(entry.get("torchrec_ple_over_peer")),
+                fmt(entry["auc"]["label_a"], 4),
+                fmt(entry["auc"]["label_b"], 4),
+                fmt(entry["peak_rss_mb"]),
+                times(entry.get("peak_rss_ours_over_peer")),
+                fmt(entry["wall_to_eval_s"], 1),
+                times(entry.get("wall_ours_over_peer")),
+                fmt(entry["wall_s"], 1),
                 "ok" if ok else "FAILED: " + (failed.get(name) or "")[:80].replace("\n", " "),
             ]
         )
-    headers = ["contender", "samples/s", "torchrec-ple / it", "AUC label_a", "AUC label_b"]
+    headers = [
+        "contender",
+        "train samples/s",
+        "torchrec-ple / it",
+        "AUC label_a",
+        "AUC label_b",
+        "peak RSS MB",
+        "RSS ours / it",
+        "wall s (to eval)",
+        "wall ours / it",
+        "wall s (process)",
+        "status",
+    ]
+    md = markdown_table(headers, table)
+    elapsed = time.perf_counter() - t_start
+    done = len(runs[OURS])
+    notes = [
+        f"{done} round(s) of {rounds}, {rows:,} training rows, {args.epochs} epoch(s), batch 1024, "
+        f"{args.threads} threads; load average before the rounds: "
+        + ", ".join(f"{x['load_average_before_round']:.1f}" for x in runs[OURS])
+        + f" ({os.cpu_count()} CPUs); benchmark took {elapsed:.0f} s.",
+        "Ratios are torchrec-ple / contender, medians of per-round ratios. wall: torchrec-ple's "
+        "whole `fit` command vs the peer's script from start to the end of its evaluation "
+        "(process: to exit, including the harness's compute-only probe).",
+    ]
+    peers_ok = [
+        n for n in names[1:] if n != YARDSTICK and results[n].get("median_samples_per_second")
+    ]
+    if peers_ok:
+        best = max(peers_ok, key=lambda n: results[n]["median_samples_per_second"])
+        fastest_wall = min(peers_ok, key=lambda n: results[n]["wall_to_eval_s"])
+        b = results[best]
+        notes.append(
+            f"Best peer by samples/s: {b['label']}: torchrec-ple / it {fmt(b['torchrec_ple_over_peer'], 2)}x "
+            f"(issue #16 target >= 2.0x); peak RSS ours / it {fmt(b['peak_rss_ours_over_peer'], 2)}x "
+            f"(target <= 1.0x). Fastest peer script: {results[fastest_wall]['label']}: wall ours / it "
+            f"{fmt(results[fastest_wall]['wall_ours_over_peer'], 2)}x (target <= 0.6x)."
+        )
+    if results.get(YARDSTICK, {}).get("torchrec_ple_over_peer"):
+        notes.append(
+            f"Yardstick (plain PyTorch): torchrec-ple / it "
+            f"{fmt(results[YARDSTICK]['torchrec_ple_over_peer'], 2)}x (target >= 0.9x)."
+        )
     print()
-    print(markdown_table(headers + ["status"], table))
-    payload = {"census_rows": rows, "valid_rows": args.valid_rows_n, "results": results}
+    print(md)
+    print()
+    print("\n".join(notes))
+    payload = {
+        "census_rows": rows,
+        "valid_rows": valid_rows,
+        "rounds": rounds,
+        "peers_home": home,
+        "npz": npz,
+        "spec": spec,
+        "results": results,
+        "table_markdown": md,
+        "notes": notes,
+    }
     path = write_json(out_path("peers", args), "peers", args, payload)
-    print(f"wrote {path}")
-    return 0 if rates.get(OURS) and any(rates.get(n) for n in names[1:]) else 1
-
-
-def argparse_hidden() -> str:
-    """Help text of worker-only options (argparse.SUPPRESS)."""
-    import argparse
-
-    return argparse.SUPPRESS
+    md_path = path.with_suffix(".md")
+    md_path.write_text(
+        f"# `python -m benchmarks.peers {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
+        + md
+        + "\n\n"
+        + "\n\n".join(notes)
+        + "\n"
+    )
+    print(f"wrote {path} and {md_path}")
+    return 0 if any(runs.get(n) for n in names[1:]) else 1
 
 
 if __name__ == "__main__":

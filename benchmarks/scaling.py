@@ -2,7 +2,8 @@
 
 Each run is ``python -m torch.distributed.run --standalone --nproc_per_node=N -m torchrec_ple
 fit SPEC --out DIR --set ...`` on the census-like Parquet of ``benchmarks.fit``, with
-``OMP_NUM_THREADS=T`` and ``OMP_WAIT_POLICY=PASSIVE``; samples/s is read from the run's
+``OMP_NUM_THREADS=T`` (each process chooses ``OMP_WAIT_POLICY`` from processes x threads vs
+cores, unless it is set in the environment); samples/s is read from the run's
 ``metrics.json`` (``metrics["train"]["samples_per_second"]``, all ranks together). Configs
 alternate in rounds; a config that fails is reported with the tail of its log and dropped
 from later rounds, and the others still run.
@@ -13,12 +14,13 @@ By default the batch is 1024 per process (weak scaling, as DMP is used);
     python -m benchmarks.scaling [--quick] [--rows N] [--configs 1x1,2x1] [--rounds R]
 """
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # ruff: noqa: E402
+# The package chooses OMP_WAIT_POLICY unless set; each torchrun worker chooses its own again.
+import torchrec_ple  # noqa: F401
+
+# isort: split
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -54,7 +56,7 @@ def launch(
 ) -> Tuple[Optional[Dict[str, Any]], str, float]:
     """One torchrun fit: (metrics or None, log tail, wall seconds)."""
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    env.update(OMP_NUM_THREADS=str(threads))
     env.pop("LOCAL_WORLD_SIZE", None)  # torchrun sets it
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
         out = Path(tmp) / "run"
@@ -108,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = data_dir(args.data_dir)
     train, valid = write_census(folder, rows, census_valid_rows(rows), seed=0)
     spec = write_yaml(folder / f"scaling_{rows}_spec.yaml", census_spec(train, valid))
-    print(f"OMP_WAIT_POLICY=PASSIVE per run; {rows:,} rows; spec {spec}")
+    print(f"OMP_WAIT_POLICY: each process's own choice (unless set); {rows:,} rows; spec {spec}")
 
     configs = [parse_config(c) for c in args.configs.split(",")]
     names = [f"{n}x{t}" for n, t in configs]

@@ -3,6 +3,7 @@ ranks, the ESMM loss at saturation, masking by selection (issue #11)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,24 @@ def test_one_class_auc_is_undefined_and_said() -> None:
     assert m["auc"] is None and m["ne"] is None and "only negatives" in m["note"]
     m = task_metrics(out, torch.ones(6, 1), torch.zeros(6, 1), ["t"], ["binary"])["t"]
     assert m["count"] == 0 and m["auc"] is None and "no sample" in m["note"]
+
+
+def test_ne_matches_torchrec_and_is_one_for_the_mean_label() -> None:
+    from torchrec.metrics.ne import compute_cross_entropy, compute_ne
+
+    from torchrec_ple.train.metrics import normalized_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, generator=g, dtype=torch.float64) * 2
+    labels = (torch.rand(500, generator=g) < torch.sigmoid(logits).float()).double()
+    weights = (torch.rand(500, generator=g) < 0.8).double()
+    ce = compute_cross_entropy(labels, torch.sigmoid(logits), weights, eta=1e-12).sum()
+    pos = (labels * weights).sum()
+    ref = compute_ne(ce, weights.sum(), pos, weights.sum() - pos, eta=1e-12)
+    assert normalized_entropy(logits, labels, weights) == pytest.approx(float(ref), rel=1e-9)
+    p = float(pos / weights.sum())
+    mean_logit = torch.full((500,), math.log(p / (1 - p)), dtype=torch.float64)
+    assert normalized_entropy(mean_logit, labels, weights) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_metrics_count_only_the_sample_space() -> None:

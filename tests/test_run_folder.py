@@ -329,7 +329,7 @@ def test_export_over_an_export_needs_overwrite(
     (tmp_path / "model.pt2").write_text("mine")
     for out, found in (
         (tmp_path / "model.pt2", "found an existing file"),
-        (finished_run, "found a folder holding other files (checkpoints, metrics.json"),
+        (finished_run, "found a folder holding other files (checkpoints, fit.log, metrics.json"),
     ):
         args = ["export", "--checkpoint", str(finished_run), "--out", str(out), "--overwrite"]
         assert main(args) == 2

@@ -343,3 +343,36 @@ def test_model_scripts_and_traces_with_the_fast_path() -> None:
         traced = symbolic_trace(model)
         assert any(n.target is _in_order for n in traced.graph.nodes)
         torch.testing.assert_close(traced(dense, kjt), eager)
+
+
+def test_auto_tables_are_table_wise_alone_and_never_silently_data_parallel() -> None:
+    from torchrec.distributed.types import ShardingType
+
+    from torchrec_ple.train.distributed import auto_sharding_types
+
+    assert auto_sharding_types(1) == [ShardingType.TABLE_WISE.value]
+    many = auto_sharding_types(4)
+    assert ShardingType.DATA_PARALLEL.value not in many
+    assert ShardingType.ROW_WISE.value in many and ShardingType.TABLE_WISE.value in many
+
+
+def test_one_process_fit_plans_auto_tables_table_wise(tmp_path) -> None:
+    from tests.conftest import ROOT
+    from torchrec_ple.data.sources import load_tables
+    from torchrec_ple.data.validate import fit_and_encode
+    from torchrec_ple.spec import load_spec
+    from torchrec_ple.train.distributed import init_distributed
+    from torchrec_ple.train.trainer import build_state
+
+    spec = load_spec(
+        ROOT / "feature_specs" / "synthetic.yaml",
+        ["data.synthetic.train_rows=200", "data.synthetic.validation_rows=50"],
+    )
+    transforms, _, _ = fit_and_encode(spec, *load_tables(spec), None)
+    state = build_state(spec, transforms, init_distributed())
+    kinds = {
+        name: ps.sharding_type
+        for module_plan in state.model.plan.plan.values()
+        for name, ps in module_plan.items()  # type: ignore[union-attr]
+    }
+    assert kinds and set(kinds.values()) == {"table_wise"}, kinds

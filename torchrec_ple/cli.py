@@ -24,8 +24,17 @@ def _set_thread_env() -> None:
     configure_threads(default_threads=True)
 
 
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", type=Path, help="the YAML spec")
+def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument(
+            "spec",
+            type=Path,
+            nargs="?",
+            default=None,
+            help="the YAML spec; default: the run's saved spec.yaml",
+        )
+    else:
+        p.add_argument("spec", type=Path, help="the YAML spec")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -33,6 +42,17 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY.PATH=VALUE",
         help="override a spec field, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+def _add_step_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-step",
+        dest="checkpoint_step",
+        default=None,
+        metavar="best|last|STEP",
+        help="which checkpoint of the run: best (train.select's), last, or a step; "
+        "default: the best when the run has one, else the last",
     )
 
 
@@ -66,24 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an earlier run in --out (removed once the new run's data is read)",
     )
 
-    p = sub.add_parser("evaluate", help="evaluate a fitted run on the spec's data")
-    _add_spec_args(p)
+    p = sub.add_parser("evaluate", help="evaluate a fitted run on its (or the spec's) data")
+    _add_spec_args(p, optional=True)
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
+    _add_step_arg(p)
     p.add_argument("--split", choices=["validation", "train"], default="validation")
+    p.add_argument(
+        "--input", type=Path, help="evaluate these rows (Parquet/CSV with labels) instead"
+    )
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     p = sub.add_parser("export", help="write an unsharded torch.export model and its transforms")
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
+    _add_step_arg(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
     p = sub.add_parser(
         "predict", help="score a Parquet/CSV file with a fitted run or exported model"
     )
-    _add_spec_args(p)
+    _add_spec_args(p, optional=True)
     p.add_argument("--checkpoint", type=Path, required=True, help="run directory or exported model")
+    _add_step_arg(p)
     p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True, help="Parquet file to write")
+    p.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="file to write: CSV for a .csv or .csv.gz suffix, else Parquet",
+    )
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument(
         "--keep",
@@ -150,6 +181,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     metrics = fit(spec, args.out, resume=args.resume, overwrite=args.overwrite)
     if _is_main():
+        best = metrics.get("best")
+        if best and best.get("tasks"):
+            # train.select chose an epoch: its metrics are what evaluate/export/predict use
+            print(f"best epoch {best['epoch']} (step {best['step']}, {best['select']}):")
+            _print_metrics(best["tasks"])
+            print(f"last epoch {metrics['history'][-1]['epoch']}:")
         _print_metrics(metrics["tasks"])
         print(
             f"train: {metrics['train']['samples_per_second']:.0f} samples/s; wrote {args.out}/metrics.json"
@@ -161,12 +198,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from torchrec_ple.spec import load_spec
     from torchrec_ple.train.trainer import evaluate
 
-    spec = load_spec(args.spec, args.overrides)
-    result = evaluate(spec, args.checkpoint, args.split)
+    # no SPEC: the run's saved spec.yaml (its data paths are absolute), --set applied to it
+    spec = load_spec(args.spec, args.overrides) if args.spec is not None else None
+    result = evaluate(
+        spec,
+        args.checkpoint,
+        args.split,
+        input_path=args.input,
+        which=args.checkpoint_step,
+        overrides=args.overrides,
+    )
     if _is_main():
+        what = args.input if args.input is not None else f"the {args.split} data"
+        line = f"checkpoint {result['checkpoint']['description']} on {what}"
         if args.json:
+            print(line, file=sys.stderr)  # stdout stays one JSON document
             print(json.dumps(result, indent=1))
         else:
+            print(line)
             _print_metrics(result["tasks"])
     return 0
 
@@ -179,21 +228,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from torchrec_ple.serving.export import export_model
 
     replacing = args.overwrite and args.out.is_dir() and any(args.out.iterdir())
-    path = export_model(None, args.checkpoint, args.out, overwrite=args.overwrite)
-    print(f"wrote {path}" + (" (replaced the earlier export there)" if replacing else ""))
+    path = export_model(
+        None, args.checkpoint, args.out, overwrite=args.overwrite, which=args.checkpoint_step
+    )
+    choice = json.loads((path / "manifest.json").read_text()).get("checkpoint_choice")
+    print(
+        f"wrote {path} from checkpoint {choice}"
+        + (" (replaced the earlier export there)" if replacing else "")
+    )
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from torchrec_ple.serving.predict import predict_file
+    from torchrec_ple.serving.predict import load_scorer, predict_file
     from torchrec_ple.spec import load_spec
     from torchrec_ple.train.run_dir import check_out_file
 
     check_out_file(args.output)
-    spec = load_spec(args.spec, args.overrides)
+    # no SPEC: the one saved with the run or the exported model
+    spec = load_spec(args.spec, args.overrides) if args.spec is not None else None
+    scorer = load_scorer(args.checkpoint, spec, args.checkpoint_step)
+    if scorer.checkpoint:
+        print(f"checkpoint {scorer.checkpoint}")
     out = predict_file(
         spec,
-        args.checkpoint,
+        scorer,
         args.input,
         args.output,
         args.batch_size,
@@ -251,18 +310,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        print(f"error: {_out_of_memory(e)}", file=sys.stderr)
+        return 3
     except RuntimeError as e:
         from torchrec_ple.train.trainer import TrainingError
 
-        if not isinstance(e, TrainingError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        if isinstance(e, TrainingError):
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        if _is_allocation_failure(e):
+            print(f"error: {_out_of_memory(e)}", file=sys.stderr)
+            return 3
+        raise
     finally:
         run_dir = sys.modules.get("torchrec_ple.train.run_dir")
         if run_dir is not None:  # a fit's lock, even if a traceback still holds its frame
             run_dir.release_all()
         _shutdown()
+
+
+def _is_allocation_failure(e: RuntimeError) -> bool:
+    # torch's CPU allocator raises a plain RuntimeError; CUDA's is torch.OutOfMemoryError
+    text = str(e)
+    return "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError"
+
+
+def _out_of_memory(e: BaseException) -> str:
+    """An allocation failure in one line: how much was asked, and what to lower."""
+    import re
+
+    asked = re.search(r"tried to allocate (\d+(?:\.\d+)? ?[KMGT]?i?B|\d+ bytes)", str(e))
+    what = f"tried to allocate {asked.group(1)}" if asked else type(e).__name__
+    return (
+        f"out of memory: {what} (lower the embedding dims, the model's layer sizes or "
+        "train.batch_size; `torchrec-ple validate --scan` estimates the model's memory)"
+    )
 
 
 def _shutdown() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import zlib
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -70,6 +72,46 @@ def _check_parquet_files(dataset: ds.Dataset, fs: FileSpec, wanted: Sequence[str
                 expected=f"the columns of the other files of {fs.path}",
                 found=f"a file without {missing}",
             )
+        for c in wanted:
+            want, got = dataset.schema.field(c).type, frag.physical_schema.field(c).type
+            if not _readable_as(got, want):
+                # pyarrow would cast the file to the first file's types and fail naming
+                # neither the file nor the column, or read ids as text
+                raise DataError(
+                    file=frag.path,
+                    column=c,
+                    expected=f"type {want} like the other files of {fs.path}",
+                    found=str(got),
+                )
+
+
+def check_parquet_directory(fs: FileSpec, wanted: Sequence[str]) -> None:
+    """Every file of a Parquet directory has the wanted columns, with the types of the
+    first file (footers only); nothing to check for a single file or a CSV source."""
+    if file_format(fs) == "parquet" and fs.path.is_dir():
+        _check_parquet_files(_parquet_dataset(fs), fs, wanted)
+
+
+def _readable_as(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a file's column type reads losslessly as the dataset's (the first file's)."""
+    if got == want or pa.types.is_null(got) or pa.types.is_null(want):
+        return True
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    if pa.types.is_dictionary(want):
+        want = want.value_type
+    text = (pa.types.is_string, pa.types.is_large_string)
+    if any(f(got) for f in text) and any(f(want) for f in text):
+        return True
+    if pa.types.is_integer(got) or pa.types.is_boolean(got):
+        # integers widen to wider integers and to floats
+        return pa.types.is_integer(want) or pa.types.is_floating(want)
+    if pa.types.is_floating(got):
+        return pa.types.is_floating(want)
+    listy = (pa.types.is_list, pa.types.is_large_list)
+    if any(f(got) for f in listy) and any(f(want) for f in listy):
+        return _readable_as(got.value_type, want.value_type)
+    return got == want
 
 
 def csv_options(fs: FileSpec) -> Dict[str, Any]:
@@ -86,13 +128,132 @@ def csv_options(fs: FileSpec) -> Dict[str, Any]:
 
 
 def _read_csv(fs: FileSpec, nrows: Optional[int] = None) -> pa.Table:
+    """A CSV file, or every CSV file of a directory (``format: csv``) one after another."""
+    if not fs.path.is_dir():
+        return _read_csv_file(fs.path, fs, nrows)
+    from torchrec_ple.data.streaming import list_files
+
+    tables: List[pa.Table] = []
+    for path in list_files(fs):  # a DataError when the directory holds no CSV file
+        table = _read_csv_file(path, fs, nrows)
+        if tables:
+            _check_like_first(table, tables[0].schema, path, fs)
+        tables.append(table)
+        if nrows is not None and sum(t.num_rows for t in tables) >= nrows:
+            break
+    # pandas infers each file apart: ids with a gap are floats in one file, ints in another
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _check_like_first(table: pa.Table, first: pa.Schema, path: Path, fs: FileSpec) -> None:
+    """A CSV file of a folder has the first file's columns, with types read as them."""
+    missing = [c for c in first.names if c not in table.column_names]
+    extra = [c for c in table.column_names if c not in first.names]
+    if missing or extra:
+        raise DataError(
+            file=str(path),
+            column=(missing or extra)[0],
+            expected=f"the columns of the other files of {fs.path}",
+            found=f"a file without {missing}" if missing else f"a file with {extra} too",
+        )
+    for c in first.names:
+        got, want = table.schema.field(c).type, first.field(c).type
+        if not (_readable_as(got, want) or _readable_as(want, got)):
+            raise DataError(
+                file=str(path),
+                column=c,
+                expected=f"{want} like the other files of {fs.path}",
+                found=str(got),
+            )
+
+
+def _read_csv_file(path: Path, fs: FileSpec, nrows: Optional[int] = None) -> pa.Table:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(fs.path, nrows=nrows, **csv_options(fs))
+        frame = pd.read_csv(path, nrows=nrows, **csv_options(fs))
+        if fs.names is None:
+            _check_header(path, fs, frame)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(file=str(fs.path), expected="a readable CSV file", found=str(e)) from None
-    return pa.Table.from_pandas(frame, preserve_index=False)
+        raise DataError(file=str(path), expected="a readable CSV file", found=str(e)) from None
+    except (EOFError, OSError, zlib.error) as e:
+        # a truncated or damaged .gz/.bz2/.zip/.xz: the decompressor's error, not a traceback
+        raise DataError(
+            file=str(path),
+            expected="a readable CSV file",
+            found=f"{type(e).__name__}: {_first_line(e)}",
+            hint="the compressed file is truncated or damaged" if _compressed(path) else None,
+        ) from None
+    return frame_to_table(frame, str(path))
+
+
+def _compressed(path: Path) -> bool:
+    return path.suffix.lower() in (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+
+
+def _check_header(path: Path, fs: FileSpec, frame: Any) -> None:
+    """Refuse a header naming a column twice: pandas would rename the second ``x.1`` and
+    the spec would read the first without a word."""
+    import pandas as pd
+
+    opts = csv_options(fs)
+    opts.update(header=None, names=None)
+    raw = pd.read_csv(path, nrows=1, dtype=str, **opts)
+    if raw.empty:
+        return
+    names = [str(v) for v in raw.iloc[0].tolist()]
+    seen = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(
+                file=str(path),
+                column=name,
+                expected="each column name once in the header",
+                found=f"'{name}' again at position {i + 1} (pandas would read it as '{frame.columns[i]}')"
+                if i < len(frame.columns)
+                else f"'{name}' again at position {i + 1}",
+            )
+        seen.add(name)
+
+
+# The largest id an int64 column holds.
+_INT64_MAX = 2**63 - 1
+
+
+def frame_to_table(frame: Any, file: str) -> pa.Table:
+    """A pandas frame read from ``file`` as an Arrow table; a column Arrow cannot hold
+    (integers beyond int64) is named in a :class:`DataError`.
+
+    Args:
+        frame (pandas.DataFrame): the rows.
+        file (str): where they came from, for the message.
+    """
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        error = e
+    for col in frame.columns:
+        try:
+            pa.array(frame[col], from_pandas=True)
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            big = [
+                (i, v)
+                for i, v in enumerate(frame[col].tolist())
+                if isinstance(v, int) and not -_INT64_MAX - 1 <= v <= _INT64_MAX
+            ]
+            if big:
+                raise DataError(
+                    file=file,
+                    column=str(col),
+                    row=big[0][0],
+                    expected=f"integers within int64 (at most {_INT64_MAX})",
+                    found=f"{big[0][1]}",
+                    hint="hash such ids to 63 bits, or prefix them with a letter to read them as text",
+                ) from None
+            raise DataError(
+                file=file, column=str(col), expected="one type per column", found=_first_line(e)
+            ) from None
+    raise DataError(file=file, expected="columns Arrow can hold", found=_first_line(error))
 
 
 def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Table:

@@ -153,6 +153,17 @@ def _as_numeric(arr: pa.Array, where: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+# The largest float32: a numeric value beyond it becomes inf in the model's input.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(x: np.ndarray) -> np.ndarray:
+    """Where ``x`` is finite and fits in float32 (1e308 is finite in float64 but inf in
+    the model, and its square overflows the fitted statistics)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (np.abs(x) <= _F32_MAX)
+
+
 def _first_unparsable(arr: pa.Array) -> Any:
     for v in arr.to_pylist()[:10000]:
         try:
@@ -177,6 +188,12 @@ def _normalize_ids(arr: pa.Array) -> pa.Array:
 
     Non-finite floats (NaN, +-inf) become null: missing, like the nulls beside them.
     """
+    if arr.type == pa.uint64():
+        # ids past int64 (e.g. 64-bit hashes) keep their identity as the int64 of the same
+        # bits; a cast would refuse them
+        if isinstance(arr, pa.ChunkedArray):
+            return pa.chunked_array([c.view(pa.int64()) for c in arr.chunks], pa.int64())
+        return arr.view(pa.int64())
     if pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
         return arr.cast(pa.int64())
     if pa.types.is_floating(arr.type):
@@ -563,9 +580,9 @@ class FeatureTransforms:
     ) -> Tuple[np.ndarray, Dict[str, int], Dict[str, np.ndarray]]:
         x = _as_numeric(_column(table, f.column), f.column)
         st = self._state["numeric"][f.name]
-        bad = ~np.isfinite(x)
+        bad = ~_finite32(x)
         drop: Dict[str, np.ndarray] = {}
-        self._missing_policy(f, bad, drop, "missing or non-finite values")
+        self._missing_policy(f, bad, drop, "missing or non-finite values (beyond float32 included)")
         rep = {"missing_or_nonfinite_filled": int(bad.sum()) if f.on_missing == "fill" else 0}
         x = np.where(bad, st["fill"], x)
         if f.clip is not None:
@@ -581,7 +598,32 @@ class FeatureTransforms:
             x = (x - st["min"]) / (span if span > 0 else 1.0)
         elif f.normalize == "log":
             x = np.sign(x) * np.log1p(np.abs(x))
+        # e.g. minmax of a value far outside the fitted range: the model's float32 input
+        # would be inf, and the loss non-finite with no word of this column
+        with np.errstate(invalid="ignore"):
+            over = ~bad & ~_finite32(x)
+        if over.any():
+            self._missing_policy(f, over, drop, "values beyond float32 once normalized")
+            x = np.where(over, self._normalized_fill(f, st), x)
+            if f.on_missing == "fill":
+                rep["missing_or_nonfinite_filled"] += int(over.sum())
         return x, rep, drop
+
+    @staticmethod
+    def _normalized_fill(f: FeatureSpec, st: Dict[str, float]) -> float:
+        x = st["fill"]
+        if f.clip is not None:
+            lo = -np.inf if f.clip.min is None else f.clip.min
+            hi = np.inf if f.clip.max is None else f.clip.max
+            x = float(np.clip(x, lo, hi))
+        if f.normalize == "standard":
+            return (x - st["mean"]) / (st["std"] if st["std"] > 0 else 1.0)
+        if f.normalize == "minmax":
+            span = st["max"] - st["min"]
+            return (x - st["min"]) / (span if span > 0 else 1.0)
+        if f.normalize == "log":
+            return float(np.sign(x) * np.log1p(np.abs(x)))
+        return x
 
     def _encode_label(
         self, table: pa.Table, t: TaskSpec
@@ -604,7 +646,7 @@ class FeatureTransforms:
             )
         else:
             y = _as_numeric(arr, t.label)
-            present &= np.isfinite(y)
+            present &= _finite32(y)  # a label beyond float32 is inf in the loss: missing
             if t.type == "binary":
                 invalid = present & (y != 0) & (y != 1)
                 if invalid.any() and t.on_invalid == "error":
@@ -685,6 +727,8 @@ def describe_report(report: Dict[str, Any]) -> List[str]:
     for group in ("features", "tasks"):
         for name, rep in report.get(group, {}).items():
             parts = [f"{rep[k]} {label}" for k, label in names.items() if rep.get(k)]
+            if group == "tasks" and rep.get("in_sample_space") == 0 and report.get("rows"):
+                parts.append("no row left in its sample space: its metrics are undefined")
             if parts:
                 out.append(f"{name}: {', '.join(parts)}")
     return out
@@ -839,7 +883,7 @@ class _Moments:
 
     def update(self, x: np.ndarray) -> np.ndarray:
         """Add a chunk (float64, NaN where missing); returns its finite values."""
-        ok = np.isfinite(x)
+        ok = _finite32(x)
         finite = x[ok]
         self.n_bad += int(x.size - finite.size)
         if finite.size:

@@ -29,7 +29,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -40,7 +40,7 @@ from torchrec_ple.data.transforms import FeatureTransforms
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.models.multitask import MultiTaskModel
 from torchrec_ple.spec.errors import DataError
-from torchrec_ple.spec.loader import parse_spec, plain
+from torchrec_ple.spec.loader import parse_spec
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import DropMessages
 from torchrec_ple.train.run_dir import check_out_folder
@@ -132,21 +132,30 @@ class ExportedModel:
 # ---------------------------------------------------------------------------- loading runs
 
 
-def load_saved_spec(directory: PathLike) -> Spec:
+def load_saved_spec(directory: PathLike, overrides: Sequence[str] = ()) -> Spec:
     """The resolved ``spec.yaml`` a run directory or a model folder holds.
 
-    Data paths in it are not checked (serving needs none of them).
+    Data paths in it are not checked (serving needs none of them); ``fit`` saves them
+    absolute, so ``evaluate`` finds the run's data from the folder alone.
+
+    Args:
+        directory (PathLike): the run directory or model folder.
+        overrides (Sequence[str]): ``key.path=value`` overrides (``--set``). Default: none.
     """
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise DataError(
             file=str(path), expected="the spec.yaml written by fit or export", found="nothing"
         )
-    return parse_spec(path.read_text(encoding="utf-8"), path)
+    return parse_spec(path.read_text(encoding="utf-8"), path, overrides)
 
 
-def resolve_run(run_dir: PathLike) -> Tuple[Path, Path]:
+def resolve_run(run_dir: PathLike, which: Optional[str] = None) -> Tuple[Path, Path]:
     """(checkpoint directory, transforms.json) of a run directory or one of its checkpoints.
+
+    ``which`` picks a run directory's checkpoint: ``best``, ``last``, a step, or None (the
+    best when the run was fitted with ``train.select``, else the last); see
+    :func:`torchrec_ple.train.trainer.resolve_checkpoint`.
 
     Refuses a checkpoint older than the run's ``transforms.json``: a fresh ``fit`` writes
     its transforms before any checkpoint, so such a checkpoint was left in the directory
@@ -154,7 +163,7 @@ def resolve_run(run_dir: PathLike) -> Tuple[Path, Path]:
     """
     from torchrec_ple.train.trainer import resolve_checkpoint
 
-    ckpt, transforms_path = resolve_checkpoint(Path(run_dir))
+    ckpt, transforms_path = resolve_checkpoint(Path(run_dir), which)
     meta = ckpt / "trainer.json"
     if meta.is_file() and meta.stat().st_mtime < transforms_path.stat().st_mtime:
         raise DataError(
@@ -167,7 +176,7 @@ def resolve_run(run_dir: PathLike) -> Tuple[Path, Path]:
 
 
 def load_unsharded(
-    spec: Optional[Spec], run_dir: PathLike
+    spec: Optional[Spec], run_dir: PathLike, which: Optional[str] = None
 ) -> Tuple[MultiTaskModel, FeatureTransforms]:
     """Build the model unsharded on CPU and load a fit run's DCP checkpoint into it.
 
@@ -178,6 +187,8 @@ def load_unsharded(
     Args:
         spec (Optional[Spec]): the run's spec; ``None`` reads the run's ``spec.yaml``.
         run_dir (PathLike): ``fit``'s output directory, or one ``checkpoints/step_*``.
+        which (Optional[str]): the run's checkpoint (see :func:`resolve_run`). Default:
+            the best, else the last.
 
     Returns:
         Tuple[MultiTaskModel, FeatureTransforms]: the model in eval mode, and the run's
@@ -185,7 +196,7 @@ def load_unsharded(
     """
     import torch.distributed.checkpoint as dcp
 
-    ckpt, transforms_path = resolve_run(run_dir)
+    ckpt, transforms_path = resolve_run(run_dir, which)
     if spec is None:
         spec = load_saved_spec(transforms_path.parent)
     transforms = FeatureTransforms.load(spec, transforms_path)
@@ -272,7 +283,11 @@ def _quiet_fx_notice() -> None:
 
 
 def export_model(
-    spec: Optional[Spec], run_dir: PathLike, out_dir: PathLike, overwrite: bool = False
+    spec: Optional[Spec],
+    run_dir: PathLike,
+    out_dir: PathLike,
+    overwrite: bool = False,
+    which: Optional[str] = None,
 ) -> Path:
     """Write a self-contained, unsharded model folder from a fit run.
 
@@ -288,6 +303,9 @@ def export_model(
         out_dir (PathLike): the model folder to write: new, empty, or (with ``overwrite``)
             an earlier export.
         overwrite (bool): replace an earlier export in ``out_dir``. Default: False.
+        which (Optional[str]): the run's checkpoint: ``best``, ``last``, a step, or None
+            (the best when the run has one, else the last); the manifest's
+            ``checkpoint_choice`` says which. Default: None.
 
     Returns:
         Path: ``out_dir``.
@@ -298,12 +316,12 @@ def export_model(
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_export_out(out_dir, overwrite)
-    ckpt, transforms_path = resolve_run(run_dir)
+    ckpt, transforms_path = resolve_run(run_dir, which)
     source_dir = transforms_path.parent
     spec_file = None if spec is not None else source_dir / SPEC_FILE
     if spec is None:
         spec = load_saved_spec(source_dir)
-    model, _ = load_unsharded(spec, run_dir)
+    model, _ = load_unsharded(spec, ckpt)
     serving = serving_model(spec, model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # beside out_dir, on the same filesystem, so the final rename is atomic
@@ -411,7 +429,9 @@ def _write_model_folder(
     if spec_file is not None:
         shutil.copyfile(spec_file, folder / SPEC_FILE)
     else:  # the spec the model was built from
-        (folder / SPEC_FILE).write_text(yaml.safe_dump(plain(spec.raw), sort_keys=False))
+        from torchrec_ple.train.trainer import saved_spec_mapping
+
+        (folder / SPEC_FILE).write_text(yaml.safe_dump(saved_spec_mapping(spec), sort_keys=False))
     manifest = build_manifest(spec, kind, file, ckpt, fallback_reason)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
@@ -421,6 +441,8 @@ def build_manifest(
 ) -> Dict[str, Any]:
     """The ``manifest.json`` content of a model folder."""
     import torchrec
+
+    from torchrec_ple.train.trainer import describe_checkpoint
 
     keys = [f.name for f in spec.sparse_features]
     dense = [f.name for f in spec.dense_features]
@@ -449,6 +471,7 @@ def build_manifest(
             ],
         },
         "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_choice": describe_checkpoint(checkpoint),
         "trainer_state": json.loads(trainer_json.read_text()) if trainer_json.is_file() else None,
         "torch": torch.__version__,
         "torchrec": getattr(torchrec, "__version__", None),

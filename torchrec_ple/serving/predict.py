@@ -51,6 +51,8 @@ class Scorer:
         fn (ScoreFn): ``(dense, values, lengths) -> (B, K)`` scores (see
             :mod:`torchrec_ple.serving.export` for the contract).
         source (str): ``run`` (in-process model) or ``export`` (exported program).
+        checkpoint (str): for ``run``, which checkpoint of the run (see
+            :func:`~torchrec_ple.train.trainer.describe_checkpoint`). Default: empty.
 
     Example::
 
@@ -62,6 +64,7 @@ class Scorer:
     transforms: FeatureTransforms
     fn: ScoreFn
     source: str
+    checkpoint: str = ""
     last_report: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,7 +108,7 @@ def model_inputs(
     return batch.dense, values, lengths
 
 
-def load_scorer(path: PathLike, spec: Optional[Spec] = None) -> Scorer:
+def load_scorer(path: PathLike, spec: Optional[Spec] = None, which: Optional[str] = None) -> Scorer:
     """A scorer from a fit run directory (in process) or an exported model folder.
 
     Args:
@@ -113,6 +116,8 @@ def load_scorer(path: PathLike, spec: Optional[Spec] = None) -> Scorer:
             written by :func:`~torchrec_ple.serving.export.export_model`.
         spec (Optional[Spec]): the run's spec; ``None`` reads the saved ``spec.yaml``.
             A given spec must declare the same features and tasks as the saved model.
+        which (Optional[str]): a run directory's checkpoint: ``best``, ``last``, a step,
+            or None (the best when the run has one, else the last). Default: None.
     """
     path = Path(path)
     if is_model_dir(path):
@@ -122,10 +127,15 @@ def load_scorer(path: PathLike, spec: Optional[Spec] = None) -> Scorer:
         _check_same_io(spec, exported.manifest, path)
         transforms = FeatureTransforms(spec, exported.transforms.state)
         return Scorer(spec, transforms, exported, "export")
+    ckpt, transforms_path = resolve_run(path, which)
     if spec is None:
-        spec = load_saved_spec(resolve_run(path)[1].parent)
-    model, transforms = load_unsharded(spec, path)
-    return Scorer(spec, transforms, serving_model(spec, model), "run")
+        spec = load_saved_spec(transforms_path.parent)
+    model, transforms = load_unsharded(spec, ckpt)
+    from torchrec_ple.train.trainer import describe_checkpoint
+
+    scorer = Scorer(spec, transforms, serving_model(spec, model), "run")
+    scorer.checkpoint = describe_checkpoint(ckpt)
+    return scorer
 
 
 def _check_same_io(spec: Spec, manifest: Dict[str, Any], path: Path) -> None:
@@ -275,8 +285,10 @@ def predict_file(
     keep_columns: Sequence[str] = (),
     input_format: Optional[str] = None,
     prefix: str = "",
+    which: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Score a Parquet or CSV file in batches and write the scores as Parquet.
+    """Score a Parquet or CSV file in batches and write the scores as Parquet, or as CSV
+    when ``output_path`` ends in ``.csv`` (or ``.csv.gz``, compressed).
 
     The output holds ``keep_columns`` and one float32 column per task, named
     ``prefix + task``: the probability for binary tasks, the value for regression tasks.
@@ -289,12 +301,14 @@ def predict_file(
         model_path (Union[PathLike, Scorer]): a ``fit`` run directory, an exported model
             folder, or an already loaded :class:`Scorer`.
         input_path (PathLike): the rows to score (label columns not needed).
-        output_path (PathLike): the Parquet file to write (replaced atomically; a folder
-            there is refused).
+        output_path (PathLike): the file to write: CSV for a ``.csv``/``.csv.gz`` suffix,
+            else Parquet (replaced atomically; a folder there is refused).
         batch_size (int): rows per chunk and model call. Default: 4096.
         keep_columns (Sequence[str]): input columns to copy into the output (ids).
         input_format (Optional[str]): ``parquet`` or ``csv``; default from the suffix.
         prefix (str): score column name prefix. Default: none.
+        which (Optional[str]): a run directory's checkpoint: ``best``, ``last``, a step, or
+            None (the best when the run has one, else the last). Default: None.
 
     Returns:
         Dict[str, Any]: ``{"rows", "columns", "output", "source"}``.
@@ -302,7 +316,7 @@ def predict_file(
     if batch_size < 1:
         raise DataError(expected="batch_size >= 1", found=str(batch_size))
     check_out_file(Path(output_path))  # before the model is loaded or a row is read
-    scorer = model_path if isinstance(model_path, Scorer) else load_scorer(model_path, spec)
+    scorer = model_path if isinstance(model_path, Scorer) else load_scorer(model_path, spec, which)
     fs = input_file_spec(scorer.spec if spec is None else spec, input_path, input_format)
     names = _output_names(scorer, keep_columns, prefix)
     columns = feature_columns(scorer.spec) + list(keep_columns)
@@ -310,16 +324,17 @@ def predict_file(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(output_path.name + f".tmp{os.getpid()}")
     rows = 0
-    writer: Optional[pq.ParquetWriter] = None
+    fmt = output_format(output_path)
+    writer: Optional[_TableWriter] = None
     try:
         for chunk in iter_input_tables(fs, columns, batch_size):
             out = predict_table(scorer, chunk, batch_size, keep_columns, prefix)
             if writer is None:
-                writer = pq.ParquetWriter(str(tmp), out.schema)
-            writer.write_table(out)
+                writer = _TableWriter(tmp, out.schema, fmt)
+            writer.write(out)
             rows += out.num_rows
         if writer is None:  # no rows: an empty file with the right columns
-            writer = pq.ParquetWriter(str(tmp), _empty_schema(fs, keep_columns, names))
+            writer = _TableWriter(tmp, _empty_schema(fs, keep_columns, names), fmt)
         writer.close()
         writer = None
         tmp.replace(output_path)
@@ -328,3 +343,39 @@ def predict_file(
             writer.close()
         tmp.unlink(missing_ok=True)
     return {"rows": rows, "columns": names, "output": str(output_path), "source": scorer.source}
+
+
+def output_format(path: PathLike) -> str:
+    """``csv`` for a ``.csv`` or ``.csv.gz`` output path, else ``parquet``."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes[-1:] == [".csv"] or suffixes[-2:] == [".csv", ".gz"]:
+        return "csv"
+    return "parquet"
+
+
+class _TableWriter:
+    """Appends tables to one Parquet or CSV (gzip for ``.gz``) file."""
+
+    def __init__(self, path: Path, schema: pa.Schema, fmt: str) -> None:
+        self._sink: Optional[Any] = None
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            gz = path.name.removesuffix(f".tmp{os.getpid()}").lower().endswith(".gz")
+            self._sink = pa.CompressedOutputStream(str(path), "gzip") if gz else None
+            # a CSV cannot hold a null-typed column: a kept all-null column writes as text
+            schema = pa.schema(
+                [pa.field(f.name, pa.string()) if f.type == pa.null() else f for f in schema]
+            )
+            self._writer: Any = pacsv.CSVWriter(self._sink or str(path), schema)
+        else:
+            self._writer = pq.ParquetWriter(str(path), schema)
+        self._schema = schema
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table.cast(self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()

@@ -50,6 +50,7 @@ from torchrec_ple.spec.schema import (
     FEATURE_TYPES,
     FILE_FORMATS,
     LOSS_WEIGHTINGS,
+    LR_DECAYS,
     NONFINITE_LOSS_ACTIONS,
     NORMALIZERS,
     ON_EMPTY,
@@ -57,6 +58,8 @@ from torchrec_ple.spec.schema import (
     ON_MISSING,
     ON_OUT_OF_RANGE,
     POOLINGS,
+    PROGRESS_MODES,
+    SELECT_METRICS,
     SHARDING_TYPES,
     TASK_TYPES,
     WEIGHT_UNITS,
@@ -557,7 +560,9 @@ class _Checker:
         features_ok = self.section(self.check_features, features)
         tasks_ok = self.section(self.check_tasks, tasks)
         self.section(self.check_model, model)
-        self.section(self.check_train, train)
+        train_ok = self.section(self.check_train, train)
+        if train_ok and tasks_ok:
+            self.check_select(train, tasks, data)
         if features_ok and tasks_ok:
             self.check_leaks(features, tasks)
         if data_ok and data.source == "synthetic":
@@ -873,6 +878,23 @@ class _Checker:
             if f.is_sparse:
                 tables.setdefault(f.embedding.table or f.name, []).append(i)
         for table, idx in tables.items():
+            if "." in table:
+                # the table becomes a torch module name, where a dot is a path separator
+                named = any(features[i].embedding.table for i in idx)
+                i = next((i for i in idx if features[i].embedding.table), idx[0])
+                path = ("features", i) + (("embedding", "table") if named else ("name",))
+                what = (
+                    "table name"
+                    if named
+                    else "name (the table of a sparse feature without embedding.table)"
+                )
+                self.err(
+                    path,
+                    f"a {what} without '.'",
+                    format_value(table),
+                    hint="set embedding.table to a name without dots" if not named else None,
+                )
+                continue
             dim = self.agree(features, idx, table, "dim", None)
             if dim is None:
                 path = ("features", idx[0], "embedding", "dim")
@@ -1095,6 +1117,7 @@ class _Checker:
         self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS)
         self.choice(T + ("on_nonfinite_loss",), t.on_nonfinite_loss, NONFINITE_LOSS_ACTIONS)
         self.at_least(T + ("max_skipped_steps",), t.max_skipped_steps, 0)
+        self.check_schedules(t)
         for key, choices in (
             ("dense_optimizer", DENSE_OPTIMIZERS),
             ("embedding_optimizer", EMBEDDING_OPTIMIZERS),
@@ -1119,6 +1142,86 @@ class _Checker:
                 format_value(opt),
                 hint=f"fbgemm's CPU kernels support {cpu}",
             )
+
+    def check_schedules(self, t: TrainSpec) -> None:
+        """``progress``, ``early_stopping``, ``lr_schedule`` and ``clip_grad_norm``."""
+        T: KeyPath = ("train",)
+        if t.progress not in PROGRESS_MODES or not isinstance(t.progress, (bool, str)):
+            self.err(T + ("progress",), "true, false or auto", format_value(t.progress))
+        if t.clip_grad_norm is not None:
+            c = t.clip_grad_norm
+            self.within(T + ("clip_grad_norm",), c > 0, "a number > 0", c)
+        e, E = t.early_stopping, T + ("early_stopping",)
+        if e is not None:
+            self.at_least(E + ("patience",), e.patience)
+            self.within(E + ("min_delta",), e.min_delta >= 0, "a number >= 0", e.min_delta)
+            if t.select is None:
+                self.err(
+                    E,
+                    "train.select beside it (the score early stopping watches)",
+                    "no train.select",
+                    hint="e.g. select: {metric: {ctr: auc}}",
+                )
+        s, S = t.lr_schedule, T + ("lr_schedule",)
+        if s is not None:
+            self.at_least(S + ("warmup_steps",), s.warmup_steps, 0)
+            self.choice(S + ("decay",), s.decay, LR_DECAYS)
+            r = s.min_lr_ratio
+            self.within(S + ("min_lr_ratio",), 0 <= r <= 1, "a number in [0, 1]", r)
+            self.within(S + ("gamma",), 0 < s.gamma <= 1, "a number in (0, 1]", s.gamma)
+            self.at_least(S + ("step_size",), s.step_size)
+            if s.decay == "step" and s.step_size is None:
+                self.err(S + ("step_size",), "int >= 1 (required by decay: step)", "nothing")
+
+    def check_select(self, t: TrainSpec, tasks: List[TaskSpec], data: Any) -> None:
+        """``train.select`` names tasks of the spec, metrics of their type, and needs
+        validation data."""
+        sel = t.select
+        if sel is None:
+            return
+        S: KeyPath = ("train", "select")
+        types = {task.name: task.type for task in tasks}
+        esmm = {task.name for task in tasks if task.esmm}
+        for key in ("metric", "weights"):
+            for name in getattr(sel, key):
+                if name not in types:
+                    self.err(
+                        S + (key, name),
+                        "a task name (one of " + ", ".join(types) + ")",
+                        format_value(name),
+                        did_you_mean=_close(name, types),
+                    )
+        for name, metric in sel.metric.items():
+            if name not in types:
+                continue
+            allowed = [m for m in SELECT_METRICS[types[name]] if m != "ctcvr_auc" or name in esmm]
+            if metric not in allowed:
+                self.err(
+                    S + ("metric", name),
+                    f"one of {', '.join(allowed)} (a {types[name]} task)",
+                    format_value(metric),
+                    did_you_mean=_close(metric, allowed),
+                )
+        for name, w in sel.weights.items():
+            self.within(S + ("weights", name), w >= 0, "a number >= 0", w)
+        if not sel.metric and not sel.weights:
+            self.err(
+                S,
+                "metric (task -> metric) or weights (task -> weight)",
+                "neither",
+                hint="e.g. select: {metric: {ctr: auc}}",
+            )
+        elif sel.weights and not any(w > 0 for w in sel.weights.values()):
+            self.err(S + ("weights",), "a weight > 0", format_value(sel.weights))
+        if isinstance(data, DataSpec) and data.validation is None:
+            none = data.streaming or (data.source == "files" and data.validation_fraction == 0)
+            if none:
+                self.err(
+                    S,
+                    "validation data to select on (data.validation, or a "
+                    "data.validation_fraction > 0)",
+                    "none",
+                )
 
 
 def _plain_suffix(p: Path) -> str:

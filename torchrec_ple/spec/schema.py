@@ -42,6 +42,11 @@ FILE_FORMATS = ("parquet", "csv")
 WEIGHT_UNITS = ("step", "epoch")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 NONFINITE_LOSS_ACTIONS = ("stop", "skip")
+# Validation metrics ``train.select`` may pick, per task type, and which way is better.
+SELECT_METRICS = {"binary": ("auc", "ne", "ctcvr_auc"), "regression": ("mse",)}
+HIGHER_IS_BETTER = {"auc": True, "ctcvr_auc": True, "ne": False, "mse": False}
+LR_DECAYS = ("none", "cosine", "step")
+PROGRESS_MODES = ("auto", True, False)
 # Data policies: what a bad cell does, per kind of feature (the first is the default).
 ON_MISSING = {
     "numeric": ("fill", "drop", "error"),
@@ -224,7 +229,10 @@ class EmbeddingSpec:
             TorchRec's ``EmbeddingBagConfig``. Default: the table's declared pooling,
             else ``sum`` (always a str after loading for sparse features).
         sharding (str): sharding hint for the planner; per table (a non-``auto`` value
-            declared by one feature applies to the whole table). Default: ``auto``.
+            declared by one feature applies to the whole table). ``auto``: table-wise in
+            one process, the planner's choice of table/row/column/table-row-wise with
+            more (never data-parallel, which would train the table with the dense
+            optimizer). Default: ``auto``.
     """
 
     dim: Optional[int] = None
@@ -421,6 +429,82 @@ class OptimizerSpec:
 
 
 @dataclass
+class SelectSpec:
+    """Which epoch is the best: a score of the validation metrics, higher is better.
+
+    The score is ``sum_k w_k * s_k * m_k`` over the tasks named, where ``m_k`` is the task's
+    metric (``metric``: ``auc``, ``ne`` or ``ctcvr_auc`` for a binary task, ``mse`` for a
+    regression task; default ``auc``/``mse``), ``s_k`` is +1 for a higher-is-better metric
+    (AUC) and -1 for a lower-is-better one (NE, MSE), and ``w_k`` the task's weight
+    (``weights``; default 1). The tasks are those of ``weights``, else those of ``metric``.
+
+    Example (YAML)::
+
+        select: {metric: {cvr: auc}}                # one task's AUC
+        select: {weights: {ctr: 0.5, cvr: 0.5}}     # mean AUC of two tasks
+        select: {weights: {ctr: 1, y2: 0.1}, metric: {y2: mse}}  # AUC - 0.1 MSE
+
+    Args:
+        metric (Dict[str, str]): task -> metric. Default: each task's first metric.
+        weights (Dict[str, float]): task -> weight (>= 0, one > 0). Default: 1 each of
+            ``metric``'s tasks.
+    """
+
+    metric: Dict[str, str] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EarlyStoppingSpec:
+    """Stop when the ``train.select`` score stopped improving.
+
+    After each epoch the score is compared with the best so far: it improved when it
+    exceeds that by more than ``min_delta``. Training stops after ``patience`` epochs in a
+    row without an improvement.
+
+    Args:
+        patience (int): epochs without improvement before stopping. Default: 2.
+        min_delta (float): the least increase of the score that counts. Default: 0.0.
+    """
+
+    patience: int = 2
+    min_delta: float = 0.0
+
+
+@dataclass
+class LrScheduleSpec:
+    """Learning-rate schedule of a step ``t`` (steps taken before it), as a factor of the
+    optimizers' ``lr``.
+
+    Linear warmup ``(t + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then
+    ``decay``: ``none`` (1), ``cosine`` (from 1 down to ``min_lr_ratio`` at the last step of
+    the run: ``epochs`` x batches per epoch, or ``max_steps`` if fewer) or ``step``
+    (``gamma ** ((t - warmup_steps) // step_size)``).
+
+    Applied to the dense optimizer (every parameter it trains, data-parallel tables
+    included) and to the fused embedding optimizers of the sharded tables (fbgemm's
+    ``set_learning_rate``, which TorchRec's fused optimizer calls with its param group's
+    ``lr`` before each backward). The factor depends only on the step, so a resumed run
+    continues the schedule exactly (a changed ``train.epochs`` moves the cosine's end).
+
+    Args:
+        warmup_steps (int): steps of linear warmup. Default: 0.
+        decay (str): ``none``, ``cosine`` or ``step``. Default: ``none``.
+        min_lr_ratio (float): ``cosine``'s final factor, in [0, 1]. Default: 0.0.
+        step_size (Optional[int]): ``step``: steps between decays (required for it).
+        gamma (float): ``step``: factor of each decay, in (0, 1]. Default: 0.1.
+        tables (bool): also schedule the fused embedding tables' lr. Default: True.
+    """
+
+    warmup_steps: int = 0
+    decay: str = "none"
+    min_lr_ratio: float = 0.0
+    step_size: Optional[int] = None
+    gamma: float = 0.1
+    tables: bool = True
+
+
+@dataclass
 class TrainSpec:
     """Training loop settings.
 
@@ -440,7 +524,8 @@ class TrainSpec:
             binary and 1/2 for regression tasks). Default: ``fixed``.
         seed (int): seed of initialisation and shuffling. Default: 0.
         num_threads (Optional[int]): torch intra-op threads; default: torch's choice.
-        progress (bool): show a tqdm progress bar. Default: True.
+        progress (Any): tqdm progress bars: ``true``, ``false`` or ``auto`` (only when
+            stderr is a terminal, so logs and CI output get none). Default: ``auto``.
         max_steps (Optional[int]): stop after this many steps in all (a step budget).
         checkpoint_every (Optional[int]): also checkpoint every this many steps; a
             checkpoint is always written at the end of each epoch.
@@ -455,6 +540,18 @@ class TrainSpec:
             counted in ``metrics.json`` (``train.skipped_steps``). Default: ``stop``.
         max_skipped_steps (int): with ``skip``, stop once more steps than this were
             skipped (a diverging run). Default: 10.
+        select (Optional[SelectSpec]): which epoch is the best (see :class:`SelectSpec`);
+            its checkpoint is kept beside the last ones (``checkpoints/best.json`` names it,
+            never pruned), ``metrics.json`` records it under ``best``, and ``evaluate``,
+            ``export`` and ``predict`` use it by default. Default: none (the last).
+        early_stopping (Optional[EarlyStoppingSpec]): stop when the ``select`` score stopped
+            improving (needs ``select``). Default: none.
+        lr_schedule (Optional[LrScheduleSpec]): warmup and decay of the learning rates.
+            Default: none (constant).
+        clip_grad_norm (Optional[float]): clip the global L2 norm of the dense parameters'
+            gradients to this (after DDP averaged them, so every rank clips alike). The
+            sharded embedding tables cannot be clipped: their fused optimizer updates them
+            inside the backward. Default: none.
     """
 
     batch_size: int = 1024
@@ -470,7 +567,7 @@ class TrainSpec:
     loss_weighting: str = "fixed"
     seed: int = 0
     num_threads: Optional[int] = None
-    progress: bool = True
+    progress: Any = "auto"
     max_steps: Optional[int] = None
     checkpoint_every: Optional[int] = None
     keep_checkpoints: int = 2
@@ -478,6 +575,10 @@ class TrainSpec:
     log_every: int = 50
     on_nonfinite_loss: str = "stop"
     max_skipped_steps: int = 10
+    select: Optional[SelectSpec] = None
+    early_stopping: Optional[EarlyStoppingSpec] = None
+    lr_schedule: Optional[LrScheduleSpec] = None
+    clip_grad_norm: Optional[float] = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ under the final name.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -21,8 +22,10 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.optim import Optimizer
 
 from torchrec_ple.atomic import write_text_atomic
+from torchrec_ple.spec.errors import DataError
 
 TRAINER_STATE = "trainer.json"
+BEST_FILE = "best.json"  # in the checkpoints folder: which checkpoint train.select chose
 
 
 class CheckpointWriteError(RuntimeError):
@@ -85,20 +88,121 @@ def load_checkpoint(
     reshards. The dense optimizer's state must exist before loading, so callers pass an
     optimizer whose ``init_state()`` has run (see :func:`torchrec_ple.train.trainer`).
 
+    Args:
+        path (Path): a checkpoint directory (``checkpoints/step_*``).
+        model (nn.Module): the model built from the spec, to load into.
+        optimizer (Optional[Optimizer]): its optimizer, or None (evaluation).
+
     Returns:
         Dict[str, Any]: the trainer state saved with it.
+
+    Raises:
+        DataError: one line naming the checkpoint and what is wrong: a missing, garbage
+            or truncated file, or a parameter whose shape differs from the model the spec
+            builds (``run has [22], spec has [38]``).
     """
     meta = path / TRAINER_STATE
     if not meta.is_file():
-        raise FileNotFoundError(f"{path}: not a torchrec-ple checkpoint (no {TRAINER_STATE})")
+        raise DataError(
+            file=str(path),
+            expected=f"a torchrec-ple checkpoint (with {TRAINER_STATE})",
+            found="a folder without it" if path.is_dir() else "nothing",
+        )
+    try:
+        trainer_state = json.loads(meta.read_text())
+    except (ValueError, OSError) as e:
+        raise DataError(
+            file=str(meta), expected="the JSON written by fit", found=_one_line(e)
+        ) from None
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=str(path))
+    # DCP logs each failed metadata read on the root logger with its traceback before
+    # raising; the error below says the same in one line.
+    quiet = _DropRecords("metadata is not found")
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+        raise _read_error(path, e) from None
+    finally:
+        root.removeFilter(quiet)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    return json.loads(meta.read_text())
+    return trainer_state
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self._fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._fragment not in record.getMessage()
+
+
+# DCP's text for a parameter whose saved shape is not the model's
+_SIZE_MISMATCH = re.compile(
+    r"Size mismatch between saved torch\.Size\(\[([^\]]*)\]\) and current: "
+    r"torch\.Size\(\[([^\]]*)\]\) for (\S+)"
+)
+
+
+def _read_error(path: Path, e: BaseException) -> DataError:
+    """A failed DCP load as one line: a shape mismatch names the parameter and both
+    shapes; anything else (garbage, truncation) gives the underlying error's first line."""
+    cause = _root_error(e)
+    text = _one_line(cause)
+    hint = "compare the spec with the run's spec.yaml"
+    m = _SIZE_MISMATCH.search(str(cause))
+    if m is not None:
+        saved, current, name = m.groups()
+        # DCP's key is "model." + the DMP key ("model." + the module's own name)
+        while name.startswith("model."):
+            name = name[len("model.") :]
+        return DataError(
+            file=str(path),
+            expected="a checkpoint of the model this spec builds",
+            found=f"parameter '{name}' of another shape: run has [{saved}], spec has [{current}]",
+            hint=f"the spec's model or feature dims differ from the run's; {hint}",
+        )
+    meta = re.search(r"global metadata read failed: ([^;]*)", text)
+    if meta is not None:
+        text = f"an unreadable .metadata file ({meta.group(1)})"
+    if "Missing key" in text or "unexpected key" in text.lower():
+        return DataError(
+            file=str(path),
+            expected="a checkpoint of the model this spec builds",
+            found=text,
+            hint=f"the spec's model or features differ from the run's; {hint}",
+        )
+    return DataError(
+        file=str(path),
+        expected="a readable checkpoint written by fit",
+        found=text,
+        hint="the checkpoint is damaged or truncated; use an earlier checkpoints/step_* folder",
+    )
+
+
+def _root_error(e: BaseException) -> BaseException:
+    """The first rank's original exception inside a DCP ``CheckpointException``."""
+    for failure in getattr(e, "failures", {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(exc, BaseException):
+            return exc
+    return e
+
+
+def _one_line(e: BaseException) -> str:
+    """The first sentence of an error's text, after its type."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text.split(". ")[0].rstrip(".")  # torch's texts go on with advice for its own users
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _first_os_error(e: BaseException) -> str:
@@ -148,14 +252,52 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
 
 def prune_checkpoints(root: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` complete checkpoints (rank 0 only), and what
-    crashed saves left behind (``step_*.tmp``, ``step_*.old``)."""
+    crashed saves left behind (``step_*.tmp``, ``step_*.old``).
+
+    The best checkpoint (the one ``best.json`` names, see :func:`write_best`) is never
+    deleted: it is kept beside the newest ones.
+    """
     if dist.is_initialized() and dist.get_rank() != 0:
         return
+    best = read_best(root)
+    protected = best.get("checkpoint") if best else None
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != protected:
+            shutil.rmtree(old, ignore_errors=True)
     for left in root.glob("step_*"):
         if left.is_dir() and left.suffix in (".tmp", ".old"):
             shutil.rmtree(left, ignore_errors=True)
+
+
+def write_best(root: Path, record: Dict[str, Any]) -> None:
+    """Record the best checkpoint of a run (rank 0 only): ``<root>/best.json``.
+
+    Args:
+        root (Path): the run's ``checkpoints`` folder.
+        record (Dict[str, Any]): ``{"checkpoint": "step_...", "epoch", "step", "score",
+            "tasks", ...}``; ``checkpoint`` names a complete checkpoint under ``root``.
+    """
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    write_text_atomic(root / BEST_FILE, json.dumps(record, indent=1))
+
+
+def read_best(root: Path) -> Optional[Dict[str, Any]]:
+    """The record of :func:`write_best`, or None (no ``train.select``, or unreadable)."""
+    try:
+        record = json.loads((root / BEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "checkpoint" in record else None
+
+
+def best_checkpoint(root: Path) -> Optional[Path]:
+    """The complete checkpoint ``best.json`` names, or None."""
+    record = read_best(root)
+    if record is None:
+        return None
+    path = root / str(record["checkpoint"])
+    return path if _NAME.fullmatch(path.name) and (path / TRAINER_STATE).is_file() else None
 
 
 def _barrier() -> None:

@@ -7,10 +7,14 @@ processes: a gloo (CPU) or NCCL (CUDA) process group, TorchRec's planner, and
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -80,18 +84,53 @@ class DropMessages(logging.Filter):
         return not any(f in msg for f in self._fragments)
 
 
+def _drop(logger: str, fragment: str) -> None:
+    """Add a filter dropping ``fragment`` to a logger, once."""
+    log = logging.getLogger(logger)
+    if not any(isinstance(f, DropMessages) and fragment in f._fragments for f in log.filters):
+        log.addFilter(DropMessages(fragment))
+
+
 def quiet_known_warnings() -> None:
-    """Silence the known-harmless notices of torch/TorchRec 1.8, each by its exact text."""
+    """Silence the known-harmless notices of torch/TorchRec/fbgemm, each by its exact text.
+
+    Idempotent (``warnings`` drops duplicate filters; loggers get each filter once); run
+    when this module is imported (every command that builds or loads a model imports
+    it) and again by :func:`init_distributed`, since tests may reset warning filters.
+    """
     # TorchRec's own DDP wrapper still passes broadcast_buffers.
     warnings.filterwarnings(
         "ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning
     )
     # DMP state dicts hold ShardedTensors, which DCP saves fine but flags as deprecated.
     warnings.filterwarnings("ignore", message=r"Please use DTensor instead", category=FutureWarning)
-    # The train pipeline traces the model with torch.fx.
-    logging.getLogger("torch.fx._symbolic_trace").addFilter(
-        DropMessages("is_fx_tracing will return true")
+    # TorchRec's collectives (under torchrun) call c10d's old names.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        category=FutureWarning,
     )
+    # Data-parallel tables run fbgemm's dense TBE, whose CPU kernel is itself a
+    # torch::autograd::Function (DenseEmbeddingCodegen...) registered at the CPU key, not
+    # the Autograd key: torch's fallback then warns of "silently incorrect behavior"
+    # although the gradient comes from that Function. Its gradients equal
+    # nn.EmbeddingBag's (tests/test_bad_input_catalogue.py pins it); fbgemm registers the
+    # Autograd key from pytorch/FBGEMM#5886 on. Only this op's notice is dropped.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was "
+        r"not registered",
+        category=UserWarning,
+    )
+    # The planner logs (root logger) each parameter without a sharding spec: a
+    # data-parallel table is replicated and has none by design.
+    _drop("root", "Sharding spec not found for")
+    # Logged for every data-parallel table, although we pass no caching parameters.
+    _drop("torchrec.distributed.utils", "caching params will be ignored")
+    # TorchRec's model-parallel code asks torch.fx whether it is tracing, in eager runs
+    # too (fit, predict); the notice is about torch.export's answer, which only export
+    # relies on, and export sees the same answer with or without it.
+    _drop("torch.fx._symbolic_trace", "is_fx_tracing will return true")
 
 
 def _restart_store() -> Optional[dist.Store]:
@@ -116,9 +155,47 @@ def _restart_store() -> Optional[dist.Store]:
     return dist.PrefixStore(f"torchrec_ple/restart_{restart}", store)
 
 
+# torchrun's launcher as it appears in its command line (the console script, or -m)
+_LAUNCHERS = ("torchrun", "torch.distributed.run", "torch.distributed.launch")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_launcher() -> bool:
+    """Under ``torchrun`` on Linux, have this worker SIGTERMed when its launcher dies.
+
+    torchrun starts its workers in their own session, so a ``kill -9`` of the launcher
+    (or its crash) would leave them training and writing the run folder, holding its
+    lock. The parent-death signal is set only when the parent is the torchrun agent:
+    it fires when the thread that forked us ends, which for another parent (a pool
+    thread, a test harness) may be long before that parent's process does.
+
+    Returns:
+        bool: whether the signal is now set.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    if not any(name.encode() in cmdline for name in _LAUNCHERS):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the launcher died before the signal was set
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def init_distributed() -> DistContext:
     """Join the ``torchrun`` process group, or make a one-process group without it."""
     quiet_known_warnings()
+    end_with_launcher()
     use_cuda = torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
@@ -166,11 +243,33 @@ def fused_params(opt: OptimizerSpec) -> Dict[str, object]:
     return params
 
 
+def auto_sharding_types(world_size: int) -> List[str]:
+    """What the planner may choose for a table left at ``sharding: auto``.
+
+    One process holds every table whole whatever the type: table-wise, which skips the
+    row-wise bucketizing and input splits it would not need. With more, any model-parallel
+    type, but never data-parallel unless asked for: TorchRec trains data-parallel tables
+    with the dense optimizer, so the plan would silently change a table's optimizer.
+    """
+    if world_size == 1:
+        return [ShardingType.TABLE_WISE.value]
+    return [
+        ShardingType.TABLE_WISE.value,
+        ShardingType.ROW_WISE.value,
+        ShardingType.COLUMN_WISE.value,
+        ShardingType.TABLE_ROW_WISE.value,
+    ]
+
+
 def constraints(tables: List[TableInfo], world_size: int) -> Dict[str, ParameterConstraints]:
-    """Planner constraints from per-table ``sharding`` hints (``auto`` leaves it free)."""
+    """Planner constraints from per-table ``sharding`` hints (see :func:`auto_sharding_types`
+    for ``auto``)."""
     out: Dict[str, ParameterConstraints] = {}
     for t in tables:
         if t.sharding == "auto":
+            out[t.config_name] = ParameterConstraints(
+                sharding_types=auto_sharding_types(world_size)
+            )
             continue
         c = ParameterConstraints(sharding_types=[_SHARDING[t.sharding]])
         if t.sharding == "column_wise" and world_size > 1:
@@ -225,3 +324,6 @@ def shard_model(
         plan=plan,
         sharders=[sharder],
     )
+
+
+quiet_known_warnings()

@@ -74,6 +74,10 @@ RESUMABLE_KEYS: Tuple[str, ...] = (
     "train.eval_batch_size",
     "train.on_nonfinite_loss",
     "train.max_skipped_steps",
+    # when to stop early (its verdict is recomputed from the run's history on resume)
+    "train.early_stopping",
+    "train.early_stopping.patience",
+    "train.early_stopping.min_delta",
     "data.train.path",
     "data.validation.path",
     "data.num_workers",

@@ -6,10 +6,11 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from torchrec_ple.atomic import write_text_atomic
 from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
-from torchrec_ple.data.sources import load_tables
+from torchrec_ple.data.sources import load_tables, read_table, spec_columns
 from torchrec_ple.data.streaming import StreamingBatches, fit_transforms, streaming_loader
 from torchrec_ple.data.transforms import (
     EncodedData,
@@ -36,19 +37,31 @@ from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.loader import plain
 from torchrec_ple.spec.schema import OptimizerSpec, Spec
 from torchrec_ple.train.checkpoint import (
+    TRAINER_STATE,
     CheckpointWriteError,
+    best_checkpoint,
     checkpoint_name,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    read_best,
     save_checkpoint,
+    write_best,
 )
 from torchrec_ple.train.distributed import DistContext, init_distributed, shard_model
+from torchrec_ple.train.fit_log import FIT_LOG, RunLog
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
+from torchrec_ple.train.lr_schedule import LrSchedule
 from torchrec_ple.train.metrics import binary_auc, format_metric, task_metrics
 from torchrec_ple.train.pipeline import FiniteLossTrainPipeline
 from torchrec_ple.train.run_dir import RunFolder, open_run
+from torchrec_ple.train.select import (
+    best_entry,
+    describe_select,
+    early_stop_reason,
+    select_score,
+)
 
 logger = logging.getLogger("torchrec_ple")
 
@@ -246,6 +259,13 @@ def _gate_owner(spec: Spec, key: str) -> str:
     return who if who == "shared" else spec.tasks[int(who.removeprefix("task"))].name
 
 
+def progress_enabled(setting: Any) -> bool:
+    """``train.progress``: ``auto`` shows bars only when stderr (tqdm's) is a terminal."""
+    if setting == "auto":
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(setting)
+
+
 def _progress(total: int, epoch: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -253,14 +273,21 @@ def _progress(total: int, epoch: int, enabled: bool) -> Any:
 
 
 class _Scalars:
-    """TensorBoard scalars on rank 0 (a no-op elsewhere or when disabled)."""
+    """TensorBoard scalars on rank 0 (a no-op elsewhere or when disabled).
 
-    def __init__(self, log_dir: Optional[Path]) -> None:
+    Args:
+        log_dir (Optional[Path]): the event folder; None writes nothing.
+        purge_step (Optional[int]): a resumed run's first new step: events an earlier
+            invocation wrote at this step or later (after the checkpoint it resumes from)
+            are hidden, so TensorBoard shows no step twice. Default: None.
+    """
+
+    def __init__(self, log_dir: Optional[Path], purge_step: Optional[int] = None) -> None:
         self._writer = None
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(log_dir))
+            self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def add(self, values: Dict[str, float], step: int) -> None:
         if self._writer is not None:
@@ -320,6 +347,9 @@ def fit(
         Dict[str, Any]: the content of ``metrics.json``.
     """
     ctx = init_distributed()
+    # rank 0's lines also go to <out>/fit.log, once the folder is checked and locked
+    run_log = RunLog(log)
+    log = run_log
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
     out_dir = Path(out_dir)
@@ -352,6 +382,15 @@ def fit(
     run = run or verdict[0]
     assert run is not None
     resume_from = run.resume_from
+    mode = "--resume" if resume else "--overwrite" if overwrite else "new run"
+    log_header = f"fit {mode}, spec {spec.path or '(in memory)'}"
+    if resume_from is not None:
+        finished = _finished_run(spec, resume_from, out_dir)
+        if finished is not None:  # nothing to train: say so, and report the run as it is
+            if ctx.is_main:
+                run_log.attach(out_dir / FIT_LOG, log_header)
+                log(finished[0])
+            return finished[1]
 
     t0 = time.perf_counter()
     train_data: Union[EncodedData, StreamingBatches]
@@ -382,11 +421,14 @@ def fit(
         n_train, n_valid = train_data.num_rows, valid_data.num_rows if valid_data else 0
     prep_seconds = time.perf_counter() - t0
     if ctx.is_main:
+        # only now, the data read: a run that fails before leaves an earlier run untouched
+        run_log.attach(out_dir / FIT_LOG, log_header)
         if resume_from is None and not spec.data.streaming:
             run.replace_earlier(log)  # only now: the data was read and the transforms fit
             transforms.save(out_dir / TRANSFORMS_FILE)
         if run.write_spec:  # once, for a new run: a resume was checked against it
-            write_text_atomic(out_dir / SPEC_FILE, yaml.safe_dump(plain(spec.raw), sort_keys=False))
+            text = yaml.safe_dump(saved_spec_mapping(spec), sort_keys=False)
+            write_text_atomic(out_dir / SPEC_FILE, text)
         log(
             f"data: {n_train} train / {n_valid} "
             f"validation rows, {len(transforms.tables())} tables, {transforms.dense_dim} dense "
@@ -424,7 +466,17 @@ def fit(
             log(f"resumed from {resume_from.name}: epoch {epoch0}, batch {batch0}, step {step}")
 
     module: MultiTaskTrainModule = state.model.module  # type: ignore[assignment]
-    pipeline = FiniteLossTrainPipeline(state.model, state.optimizer, ctx.device)
+    dense_params = _dense_params(state)
+    clip = spec.train.clip_grad_norm
+    pipeline = FiniteLossTrainPipeline(
+        state.model, state.optimizer, ctx.device, clip_params=dense_params, clip_grad_norm=clip
+    )
+    if clip is not None and ctx.is_main:
+        log(
+            f"clip_grad_norm {clip:g}: the dense parameters' gradients (global L2 norm); the "
+            "sharded embedding tables are not clipped (their fused optimizer updates them "
+            "inside the backward)"
+        )
     schedule = ExponentialLossWeights(
         [t.weight.initial for t in spec.tasks], [t.weight.decay for t in spec.tasks]
     )
@@ -440,12 +492,25 @@ def fit(
             rank=ctx.rank,
             world_size=ctx.world_size,
         )
-    scalars = _Scalars(out_dir / "tensorboard" if spec.train.tensorboard and ctx.is_main else None)
+    scalars = _Scalars(
+        out_dir / "tensorboard" if spec.train.tensorboard and ctx.is_main else None,
+        purge_step=step + 1 if resume_from is not None else None,
+    )
     task_names = [t.name for t in spec.tasks]
     train_seconds = 0.0
     samples = 0
     max_steps = spec.train.max_steps
     stopped = False
+    lr_schedule = _lr_schedule(spec, state, len(loader), log if ctx.is_main else None)
+    select = spec.train.select
+    early_stopped: Optional[Dict[str, Any]] = None
+    show_progress = progress_enabled(spec.train.progress) and ctx.is_main
+    finished = _finished_reason(spec, history, epoch0, batch0, step)
+    if finished is not None:
+        epoch0 = spec.train.epochs  # nothing left to train: report the run as it is
+        stopped = max_steps is not None and step >= max_steps
+        if ctx.is_main:
+            log(f"resume: {finished}; nothing left to train")
 
     def checkpoint(epoch: int, batch_in_epoch: int) -> None:
         trainer_state = {
@@ -459,6 +524,7 @@ def fit(
             "ranks": _gather_rank_states(ctx, loss_sum.tolist(), n_applied),
             "history": history,
             "skipped_steps": skipped,
+            "early_stopped": early_stopped,
         }
         try:
             save_checkpoint(
@@ -471,7 +537,9 @@ def fit(
                 f"could not write the checkpoint of step {step} ({e}); {intact}. "
                 f"Free disk space (or move --out), then fit --resume."
             ) from None
-        # Only once the new checkpoint is complete may older ones go.
+        if select is not None and ctx.is_main:
+            _record_best(spec, history, ckpt_root, log)
+        # Only once the new checkpoint is complete (and the best recorded) may older ones go.
         prune_checkpoints(ckpt_root, spec.train.keep_checkpoints)
 
     for epoch in range(epoch0, spec.train.epochs):
@@ -479,7 +547,7 @@ def fit(
         loader.set_epoch(epoch, start_batch=start)
         batches = iter(loader)
         state.model.train()
-        bar = _progress(len(loader), epoch, spec.train.progress and ctx.is_main)
+        bar = _progress(len(loader), epoch, show_progress)
         bar.update(start)
         loss_sum = torch.zeros(len(spec.tasks))
         n_steps = 0
@@ -496,6 +564,8 @@ def fit(
                 break
             t = step if spec.train.weight_schedule_unit == "step" else epoch
             weights = schedule(t)
+            if lr_schedule is not None:
+                lr_schedule.apply(step)
             module.set_task_weights(weights.to(ctx.device))
             try:
                 losses, outputs, _, _ = pipeline.progress(batches)
@@ -538,6 +608,10 @@ def fit(
                 tb["samples_per_second"] = samples / max(
                     train_seconds + time.perf_counter() - t_epoch, 1e-9
                 )
+                if lr_schedule is not None:
+                    tb.update(lr_schedule.lrs())
+                if pipeline.last_grad_norm is not None:
+                    tb["grad_norm/dense"] = float(pipeline.last_grad_norm)
                 scalars.add(tb, step)
             if spec.train.checkpoint_every and step % spec.train.checkpoint_every == 0:
                 checkpoint(epoch, batch_in_epoch)
@@ -573,13 +647,33 @@ def fit(
                 )
         rss = _gather_floats(_rss_mb(), ctx)
         scalars.add({f"memory_mb/rank{r}": v for r, v in enumerate(rss)}, step)
+        line = _format_epoch(entry)
+        if select is not None:
+            score = select_score(select, spec.tasks, entry.get("validation", {}))
+            entry["select_score"] = score
+            before = best_entry(history, select, spec.tasks)
+            best_score = select_score(select, spec.tasks, before["validation"]) if before else None
+            improved = score is not None and (best_score is None or score > best_score)
+            line += f"  select={format_metric(score)}" + (" (best so far)" if improved else "")
+            scalars.add({"select/score": score} if score is not None else {}, step)
         history.append(entry)
         if ctx.is_main:
-            log(_format_epoch(entry))
+            log(line)
+        reason = (
+            early_stop_reason(history, select, spec.tasks, spec.train.early_stopping)
+            if select is not None and epoch + 1 < spec.train.epochs
+            else None
+        )
+        if reason is not None:
+            early_stopped = {"epoch": epoch, "step": step, "reason": reason}
+            if ctx.is_main:
+                log(f"early stopping after epoch {epoch}: {reason}")
         checkpoint(epoch + 1, 0)
-        if stopped:
+        if stopped or early_stopped is not None:
             break
     scalars.close()
+    if early_stopped is None and finished is not None:  # a resumed run that had stopped early
+        early_stopped = _saved_early_stop(spec, history)
 
     data_reports = {
         name: _data_report(data, ctx, log if ctx.is_main else None, name)
@@ -600,7 +694,13 @@ def fit(
             "stopped_at_max_steps": stopped,
             "skipped_steps": len(skipped),
             "skipped": skipped[:100],
+            "early_stopped": early_stopped,
+            "clip_grad_norm": clip,
+            "clipped_steps": (
+                int(pipeline.clipped_steps.item()) if pipeline.clipped_steps is not None else 0
+            ),
         },
+        "best": _best_summary(spec, history, ckpt_root),
         "history": history,
         "data": data_reports,
         "model": {"architecture": spec.model.architecture, "parameters": _count_params(state)},
@@ -608,33 +708,255 @@ def fit(
     }
     if ctx.is_main:
         write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=1))
+        if metrics["best"] is not None:
+            log(_best_line(metrics["best"], history))
     return metrics
 
 
-def evaluate(spec: Spec, checkpoint: Path, data: str = "validation") -> Dict[str, Any]:
+# ------------------------------------------------------------- selection and schedules
+
+
+def _dense_params(state: TrainState) -> List[torch.Tensor]:
+    """The parameters the dense optimizer trains (all but the fused tables' weights)."""
+    fused = set(state.model.fused_optimizer.params.keys())
+    return [p for n, p in state.model.named_parameters() if n not in fused and p.requires_grad]
+
+
+def _lr_schedule(
+    spec: Spec, state: TrainState, batches_per_epoch: int, log: Optional[Callable[[str], None]]
+) -> Optional[LrSchedule]:
+    """``train.lr_schedule`` over the dense optimizer's param groups and (with ``tables``)
+    the fused embedding optimizers' (TorchRec passes their ``lr`` to fbgemm's
+    ``set_learning_rate`` in ``zero_grad``, before each step's backward)."""
+    s = spec.train.lr_schedule
+    if s is None:
+        return None
+    fused = list(state.model.fused_optimizer.param_groups)
+    fused_ids = {id(g) for g in fused}
+    dense = [g for g in state.optimizer.param_groups if id(g) not in fused_ids]
+    groups = dense + (fused if s.tables else [])
+    total = batches_per_epoch * spec.train.epochs
+    if spec.train.max_steps is not None:
+        total = min(total, spec.train.max_steps)
+    if log is not None:
+        what = "the dense optimizer" + (" and the fused embedding tables" if s.tables else "")
+        decay = {"none": "constant", "cosine": f"cosine to x{s.min_lr_ratio:g} at step {total}"}
+        shape = decay.get(s.decay, f"x{s.gamma:g} every {s.step_size} steps")
+        log(f"lr_schedule: warmup {s.warmup_steps} steps, then {shape}; applied to {what}")
+    return LrSchedule(s, total, groups)  # type: ignore[arg-type]
+
+
+def _finished_reason(
+    spec: Spec, history: List[Dict[str, Any]], epoch: int, batch: int, step: int
+) -> Optional[str]:
+    """Why a run at this position has nothing left to train, or None."""
+    if epoch >= spec.train.epochs:
+        return f"all {spec.train.epochs} epochs are done (step {step})"
+    if spec.train.max_steps is not None and step >= spec.train.max_steps:
+        return f"train.max_steps={spec.train.max_steps} was reached (step {step})"
+    if spec.train.select is not None and batch == 0 and history:
+        reason = early_stop_reason(
+            history, spec.train.select, spec.tasks, spec.train.early_stopping
+        )
+        if reason is not None:
+            return f"it stopped early after epoch {history[-1]['epoch']}: {reason}"
+    return None
+
+
+def _finished_run(
+    spec: Spec, resume_from: Path, out_dir: Path
+) -> Optional[tuple[str, Dict[str, Any]]]:
+    """(the line to log, the run's metrics.json) when ``--resume`` finds nothing to train and
+    the run's metrics are written; None otherwise (then fit loads the data and goes on)."""
+    try:
+        saved = json.loads((resume_from / TRAINER_STATE).read_text())
+        metrics = json.loads((out_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    reason = _finished_reason(
+        spec,
+        saved.get("history", []),
+        int(saved.get("epoch", 0)),
+        int(saved.get("batch_in_epoch", 0)),
+        int(saved.get("step", 0)),
+    )
+    if reason is None or not isinstance(metrics, dict):
+        return None
+    more = (
+        "raise train.early_stopping.patience to train on"
+        if "stopped early" in reason
+        else "raise train.epochs (e.g. --set train.epochs=N) to train on"
+    )
+    return f"resume: the run in {out_dir} is finished: {reason}; nothing to train ({more})", metrics
+
+
+def _saved_early_stop(spec: Spec, history: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The early stop a resumed, finished run had made (for metrics.json)."""
+    select = spec.train.select
+    if select is None or not history or history[-1]["epoch"] + 1 >= spec.train.epochs:
+        return None
+    reason = early_stop_reason(history, select, spec.tasks, spec.train.early_stopping)
+    if reason is None:
+        return None
+    return {"epoch": history[-1]["epoch"], "step": history[-1]["step"], "reason": reason}
+
+
+def _best_summary(
+    spec: Spec, history: List[Dict[str, Any]], ckpt_root: Path
+) -> Optional[Dict[str, Any]]:
+    """``metrics.json``'s ``best``: the epoch ``train.select`` chose and its checkpoint."""
+    select = spec.train.select
+    if select is None:
+        return None
+    entry = best_entry(history, select, spec.tasks)
+    if entry is None:
+        return None
+    name = checkpoint_name(entry["step"])
+    return {
+        "epoch": entry["epoch"],
+        "step": entry["step"],
+        "score": select_score(select, spec.tasks, entry["validation"]),
+        "select": describe_select(select, spec.tasks),
+        "tasks": entry["validation"],
+        "checkpoint": name if (ckpt_root / name / TRAINER_STATE).is_file() else None,
+    }
+
+
+def _record_best(
+    spec: Spec, history: List[Dict[str, Any]], ckpt_root: Path, log: Callable[[str], None]
+) -> None:
+    """Write ``checkpoints/best.json`` (rank 0) when the best epoch's checkpoint exists."""
+    best = _best_summary(spec, history, ckpt_root)
+    if best is None:
+        return
+    if best["checkpoint"] is None:
+        log(f"the best epoch {best['epoch']} has no checkpoint (step {best['step']}) to keep")
+        return
+    recorded = read_best(ckpt_root)
+    if recorded is None or recorded.get("checkpoint") != best["checkpoint"]:
+        write_best(ckpt_root, best)
+
+
+def _score_text(best: Dict[str, Any]) -> str:
+    """``cvr auc 0.7214``, or ``0.5 ctr auc + 0.5 cvr auc = 0.7410`` for a sum."""
+    select, score = str(best.get("select")), format_metric(best.get("score"))
+    return f"{select} = {score}" if " + " in select or " - " in select else f"{select} {score}"
+
+
+def _best_line(best: Dict[str, Any], history: List[Dict[str, Any]]) -> str:
+    last = history[-1]["epoch"] if history else None
+    where = (
+        f"kept as checkpoints/{best['checkpoint']}"
+        if best["checkpoint"]
+        else "its checkpoint is gone"
+    )
+    tail = (
+        "the last epoch"
+        if best["epoch"] == last
+        else f"evaluate, export and predict use it; --checkpoint-step last for epoch {last}"
+    )
+    return (
+        f"best epoch {best['epoch']} (step {best['step']}): {_score_text(best)}; {where} ({tail})"
+    )
+
+
+def saved_spec_mapping(spec: Spec) -> Dict[str, Any]:
+    """The spec mapping a run folder keeps (``spec.yaml``): ``spec.raw`` with every path
+    resolved (absolute), so the folder alone evaluates, predicts and exports wherever it
+    is read from.
+
+    Args:
+        spec (Spec): the validated spec.
+    """
+    raw = plain(spec.raw)
+    _absolute_paths(spec, raw)
+    return raw
+
+
+def _absolute_paths(obj: Any, raw: Any) -> None:
+    """Write the resolved values of ``obj``'s path fields into its YAML mapping ``raw``."""
+    if not dataclasses.is_dataclass(obj) or not isinstance(raw, dict):
+        return
+    for f in dataclasses.fields(obj):
+        key = f.name[:-1] if f.name.endswith("_") else f.name
+        if key not in raw or f.name in ("path", "raw") and isinstance(obj, Spec):
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, Path):
+            raw[key] = str(value)
+        elif dataclasses.is_dataclass(value):
+            if isinstance(raw[key], str) and isinstance(getattr(value, "path", None), Path):
+                raw[key] = str(value.path)  # the `train: x.parquet` shorthand
+            else:
+                _absolute_paths(value, raw[key])
+        elif isinstance(value, list) and isinstance(raw[key], list):
+            for item, sub in zip(value, raw[key]):
+                _absolute_paths(item, sub)
+
+
+def evaluate(
+    spec: Optional[Spec],
+    checkpoint: Path,
+    data: str = "validation",
+    input_path: Optional[Path] = None,
+    which: Optional[str] = None,
+    overrides: Sequence[str] = (),
+) -> Dict[str, Any]:
     """Evaluate a fitted run directory (``fit``'s ``--out``) on the spec's data.
 
     Args:
-        spec (Spec): the spec (its data section says what to evaluate).
-        checkpoint (Path): the run directory holding ``transforms.json`` and ``checkpoint/``.
+        spec (Optional[Spec]): the spec (its data section says what to evaluate); None
+            reads the run's saved ``spec.yaml`` (with ``overrides`` applied).
+        checkpoint (Path): the run directory holding ``transforms.json`` and
+            ``checkpoints/``, or one of its checkpoints.
         data (str): ``validation`` or ``train``. Default: validation.
+        input_path (Optional[Path]): evaluate these rows instead (Parquet or CSV, with the
+            label columns; CSV options of the spec's validation file). Default: None.
+        which (Optional[str]): the run's checkpoint: ``best``, ``last``, a step, or None
+            (the best when the run has one, else the last; see :func:`resolve_checkpoint`).
+        overrides (Sequence[str]): ``--set`` overrides of the saved spec (``spec`` None).
+
+    Returns:
+        Dict[str, Any]: ``{"tasks", "rows", "checkpoint"}``; ``checkpoint`` says which
+        (see :func:`describe_checkpoint`).
     """
     ctx = init_distributed()
-    ckpt, transforms_path = resolve_checkpoint(Path(checkpoint))
+    ckpt, transforms_path = resolve_checkpoint(Path(checkpoint), which)
+    if spec is None:
+        from torchrec_ple.serving.export import load_saved_spec
+
+        spec = load_saved_spec(transforms_path.parent, overrides)
     transforms = FeatureTransforms.load(spec, transforms_path)
     state = build_state(spec, transforms, ctx)
     load_checkpoint(ckpt, state.model)
+    used = {"path": str(ckpt), "description": describe_checkpoint(ckpt)}
+    if input_path is not None:
+        from torchrec_ple.serving.predict import input_file_spec
+
+        fs = input_file_spec(spec, input_path)
+        if spec.data.streaming:
+            spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, validation=fs))
+            data = "validation"
+        else:
+            table = read_table(fs, spec_columns(spec))
+            return {
+                "tasks": evaluate_encoded(spec, state, transforms.encode(table)),
+                "rows": table.num_rows,
+                "checkpoint": used,
+            }
     if spec.data.streaming:
         batches = streaming_loader(spec, transforms, data, ctx.rank, ctx.world_size)
         return {
             "tasks": evaluate_encoded(spec, state, batches),
             "rows": batches.report["rows_all_ranks"],
+            "checkpoint": used,
         }
     train_table, valid_table = load_tables(spec)
     table = valid_table if data == "validation" else train_table
     return {
         "tasks": evaluate_encoded(spec, state, transforms.encode(table)),
         "rows": table.num_rows,
+        "checkpoint": used,
     }
 
 
@@ -747,10 +1069,18 @@ def _load_newest_readable(
     )
 
 
-def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(checkpoint dir, transforms.json) from a run directory or one checkpoint directory."""
+def resolve_checkpoint(path: Path, which: Optional[str] = None) -> tuple[Path, Path]:
+    """(checkpoint dir, transforms.json) from a run directory or one checkpoint directory.
+
+    Args:
+        path (Path): ``fit``'s run directory, or one of its ``checkpoints/step_*``.
+        which (Optional[str]): for a run directory: ``best`` (the checkpoint
+            ``train.select`` chose; refused when the run has none), ``last`` (the newest),
+            a step number, or None: the best when the run has one, else the newest.
+            Ignored for a checkpoint directory. Default: None.
+    """
     if (path / CHECKPOINT_DIR).is_dir():
-        ckpt = latest_checkpoint(path / CHECKPOINT_DIR)
+        ckpt = _choose_checkpoint(path / CHECKPOINT_DIR, which)
         run_dir = path
     else:
         ckpt = path if (path / "trainer.json").is_file() else None
@@ -769,6 +1099,57 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
             found="nothing",
         )
     return ckpt, transforms_path
+
+
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def _choose_checkpoint(root: Path, which: Optional[str]) -> Optional[Path]:
+    if which in (None, "best"):
+        best = best_checkpoint(root)
+        if best is not None or which is None:
+            return best or latest_checkpoint(root)
+        raise DataError(
+            file=str(root),
+            expected="a best checkpoint (a run fitted with train.select)",
+            found="none recorded",
+            hint="--checkpoint-step last uses the newest checkpoint",
+        )
+    if which == "last":
+        return latest_checkpoint(root)
+    names = [p.name for p in list_checkpoints(root)]
+    text = str(which).strip()
+    wanted = checkpoint_name(int(text)) if text.isdigit() else text
+    if wanted not in names:
+        steps = ", ".join(str(int(n.removeprefix("step_"))) for n in names) or "none"
+        raise DataError(
+            file=str(root),
+            expected="--checkpoint-step best, last or the step of a checkpoint there",
+            found=f"{which!r} (steps: {steps})",
+        )
+    return root / wanted
+
+
+def describe_checkpoint(ckpt: Path) -> str:
+    """What a checkpoint of a run is, for a line of output: ``step_... (best: epoch 1,
+    cvr auc 0.7214)``, ``step_... (last, epoch 2)`` or ``step_...``."""
+    best = read_best(ckpt.parent)
+    last = latest_checkpoint(ckpt.parent)
+    is_last = last is not None and last.name == ckpt.name
+    if best is not None and best.get("checkpoint") == ckpt.name:
+        return (
+            f"{ckpt.name} ({'best and last' if is_last else 'best'}: epoch {best.get('epoch')}, "
+            f"{_score_text(best)})"
+        )
+    if is_last:
+        try:
+            meta = json.loads((ckpt / TRAINER_STATE).read_text())
+            done = meta.get("epoch"), meta.get("batch_in_epoch")
+        except (OSError, ValueError):
+            done = None, None
+        where = f", after epoch {done[0] - 1}" if done[1] == 0 and done[0] else ""
+        return f"{ckpt.name} (last{where})"
+    return ckpt.name
 
 
 def _format_epoch(entry: Dict[str, Any]) -> str:
