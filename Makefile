@@ -51,6 +51,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	for b in head embedding data_path fit scaling; do $(PY) -m benchmarks.$$b --quick || exit 1; done
 
+# Scale curves (issue #16): tables 1M/10M/50M rows over 2 processes, batch 256..16k (~5 min).
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale
+
 bench-peers: $(STAMP)
 	bash benchmarks/peers_setup.sh
 	$(PY) -m benchmarks.peers

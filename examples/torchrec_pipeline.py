@@ -21,6 +21,15 @@ import torch.distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor  # noqa: E402
 from torchrec.distributed import DistributedModelParallel  # noqa: E402
+from torchrec.distributed.planner import EmbeddingShardingPlanner  # noqa: E402
+from torchrec.distributed.planner.storage_reservations import (  # noqa: E402
+    FixedPercentageStorageReservation,
+)
+from torchrec.distributed.planner.types import (  # noqa: E402
+    KernelConfig,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: E402
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper  # noqa: E402
 
@@ -102,9 +111,23 @@ def main() -> None:
             "learning_rate": 0.05,
         }
     )
-    model = DistributedModelParallel(
-        MyModel(torch.device("meta")), device=device, sharders=[sharder]
+    # Plan explicitly, as TorchRec recommends: a topology from TopologyFactory and a fixed
+    # storage reservation (DMP's default planner warns about both).
+    world = dist.get_world_size()
+    topology = TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=world, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        ),
+        kernel_config=KernelConfig(compute_device=device.type),
     )
+    planner = EmbeddingShardingPlanner(
+        topology=topology,
+        batch_size=BATCH,
+        storage_reservation=FixedPercentageStorageReservation(0.15),
+    )
+    module = MyModel(torch.device("meta"))
+    plan = planner.collective_plan(module, [sharder], dist.GroupMember.WORLD)
+    model = DistributedModelParallel(module, device=device, sharders=[sharder], plan=plan)
     fused = set(model.fused_optimizer.params)
     dense = KeyedOptimizerWrapper(
         {n: p for n, p in model.named_parameters() if n not in fused},

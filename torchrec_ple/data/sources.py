@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -220,6 +221,32 @@ def _check_header(path: Path, fs: FileSpec, frame: Any) -> None:
 _INT64_MAX = 2**63 - 1
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _check_integer_text(frame: Any, file: str) -> None:
+    """An all-integer column that pandas kept as text because a value is beyond int64 and
+    uint64 (pandas 2 keeps the digits as strings, pandas 3 as Python ints) is named in a
+    :class:`DataError` rather than read as text ids or numbers."""
+    for col in frame.columns:
+        values = frame[col]
+        if values.dtype != object and not str(values.dtype).startswith("str"):
+            continue
+        cells = values.dropna().tolist()
+        if not cells or not all(isinstance(v, str) and _INTEGER_TEXT.fullmatch(v) for v in cells):
+            continue
+        for i, v in enumerate(values.tolist()):
+            if isinstance(v, str) and not -_INT64_MAX - 1 <= int(v) <= _INT64_MAX:
+                raise DataError(
+                    file=file,
+                    column=str(col),
+                    row=i,
+                    expected=f"integers within int64 (at most {_INT64_MAX})",
+                    found=f"{int(v)}",
+                    hint="hash such ids to 63 bits, or prefix them with a letter to read them as text",
+                )
+
+
 def frame_to_table(frame: Any, file: str) -> pa.Table:
     """A pandas frame read from ``file`` as an Arrow table; a column Arrow cannot hold
     (integers beyond int64) is named in a :class:`DataError`.
@@ -228,6 +255,7 @@ def frame_to_table(frame: Any, file: str) -> pa.Table:
         frame (pandas.DataFrame): the rows.
         file (str): where they came from, for the message.
     """
+    _check_integer_text(frame, file)
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
     except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as e:

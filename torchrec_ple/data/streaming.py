@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -34,8 +35,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ple.data.batch import MultiTaskBatch, build_batch
 from torchrec_ple.data.sources import (
+    _check_header,
     csv_options,
     file_format,
+    frame_to_table,
     read_schema,
     require_columns,
     spec_columns,
@@ -49,6 +52,7 @@ from torchrec_ple.data.transforms import (
     merge_reports,
     take_encoded,
 )
+from torchrec_ple.data.validate import positive_values_error
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
 
@@ -121,6 +125,10 @@ def _csv_profile(path: Path, fs: FileSpec) -> Tuple[int, Tuple[str, ...]]:
     A column that pandas reads as text in any chunk is read as text in every chunk
     later: otherwise a chunk of only numeric-looking ids would become integers there and
     hash differently from the same ids elsewhere.
+
+    The pass refuses what the in-memory reader refuses, with the same one line: a header
+    naming a column twice, and integers beyond int64 (which pandas keeps as Python ints
+    in a text column: read as text, they would be ids of another value).
     """
     import pandas as pd
 
@@ -130,7 +138,17 @@ def _csv_profile(path: Path, fs: FileSpec) -> Tuple[int, Tuple[str, ...]]:
         return _CSV_PROFILES[key]
     rows, text = 0, set()
     try:
+        if fs.names is None:
+            _check_header(path, fs, pd.read_csv(path, nrows=0, **csv_options(fs)))
         for chunk in pd.read_csv(path, chunksize=DEFAULT_READ_ROWS, **csv_options(fs)):
+            huge = [
+                c
+                for c, dt in chunk.dtypes.items()
+                if pd.api.types.is_object_dtype(dt)
+                and pd.api.types.infer_dtype(chunk[c], skipna=True) == "integer"
+            ]
+            if huge:  # only integers, yet not int64/uint64: some beyond int64
+                _frame_to_table(chunk[huge], path, rows)
             rows += len(chunk)
             text.update(
                 str(c) for c, dt in chunk.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)
@@ -150,6 +168,8 @@ def column_names(fs: FileSpec) -> List[str]:
     path = list_files(fs)[0]
     try:
         head = pd.read_csv(path, nrows=5, **csv_options(fs))
+        if fs.names is None:  # before the columns are looked for: 'x.1' is no column
+            _check_header(path, fs, head)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(file=str(path), expected="a readable CSV file", found=str(e)) from None
     return [str(c) for c in head.columns]
@@ -295,10 +315,21 @@ def _read_csv_fragment(
         lo, hi = max(frag.start - pos, 0), min(frag.stop - pos, n)
         pos += n
         if lo < hi:
-            table = pa.Table.from_pandas(chunk.iloc[lo:hi], preserve_index=False)
+            table = _frame_to_table(chunk.iloc[lo:hi], Path(frag.path), pos - n + lo)
             yield table.select(list(columns)) if columns is not None else table
         if pos >= frag.stop:
             break
+
+
+def _frame_to_table(frame: Any, path: Path, first_row: int) -> pa.Table:
+    """:func:`~torchrec_ple.data.sources.frame_to_table` of rows ``first_row...`` of a CSV
+    file: an error names the row counted from the file's first row, as in memory."""
+    try:
+        return frame_to_table(frame, str(path))
+    except DataError as e:
+        if e.row is not None:
+            e.row += first_row
+        raise
 
 
 def iter_tables(
@@ -318,8 +349,11 @@ def fit_transforms(
 ) -> FeatureTransforms:
     """Fit a spec's transforms in one streaming pass over its training files.
 
-    Reads only the columns fitting needs (vocabulary and numeric features): hashed ids,
-    labels and the rest are never decoded. See
+    Reads only the columns fitting needs (vocabulary and numeric features), and the
+    labels (and sample-space columns) of binary tasks with a ``positive:`` list, which
+    must match some training label (the check of
+    :func:`~torchrec_ple.data.validate.fit_and_encode`): hashed ids, other labels and
+    the rest are never decoded. See
     :meth:`~torchrec_ple.data.transforms.FeatureTransforms.fit_streaming` for what is exact.
 
     Args:
@@ -331,11 +365,70 @@ def fit_transforms(
     fs = fs if fs is not None else spec.data.train
     if fs is None:
         raise DataError(expected="a 'files' source with data.train for streaming", found="none")
-    cols = fit_columns(spec)
+    labels = _PositiveLabels(spec, str(fs.path))
+    cols = list(dict.fromkeys(fit_columns(spec) + labels.columns))
     require_columns(fs, column_names(fs), cols)
-    # Nothing to fit (hashed ids only, no numerics): skip reading altogether.
-    tables = iter_tables(fs, cols, read_rows) if cols else iter([])
-    return FeatureTransforms.fit_streaming(spec, tables, reservoir_size=reservoir_size)
+    # Nothing to fit or check (hashed ids only, no numerics): skip reading altogether.
+    tables = labels.watch(iter_tables(fs, cols, read_rows)) if cols else iter([])
+    fitted = FeatureTransforms.fit_streaming(spec, tables, reservoir_size=reservoir_size)
+    labels.check()
+    return fitted
+
+
+class _PositiveLabels:
+    """What a fit pass sees of the labels of the binary tasks with a ``positive:`` list:
+    whether any is positive (in the task's sample space, as training encodes it) and,
+    until one is, the distinct values, for
+    :func:`~torchrec_ple.data.validate.positive_values_error`.
+
+    Args:
+        spec (Spec): the spec.
+        file (str): the training data, for the message.
+    """
+
+    def __init__(self, spec: Spec, file: str) -> None:
+        self._tasks = [t for t in spec.tasks if t.type == "binary" and t.positive is not None]
+        # labels are encoded without fitted state: no statistics are needed for them
+        self._labeler = FeatureTransforms(spec, {})
+        self._file = file
+        self._values: Dict[str, Dict[Any, None]] = {t.name: {} for t in self._tasks}
+
+    @property
+    def columns(self) -> List[str]:
+        """The raw columns the check reads."""
+        cols = [t.label for t in self._tasks]
+        cols += [t.sample_space.column for t in self._tasks if t.sample_space is not None]
+        return list(dict.fromkeys(cols))
+
+    def watch(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        """The tables, unchanged, looked at on the way."""
+        for table in tables:
+            try:
+                self._update(table)
+            except DataError as e:
+                if e.file is None:
+                    e.file = self._file
+                raise
+            yield table
+
+    def _update(self, table: pa.Table) -> None:
+        for t in self._tasks:
+            seen = self._values.get(t.name)
+            if seen is None:  # a positive label already seen
+                continue
+            y, _, _ = self._labeler._encode_label(table, t)
+            if (y > 0).any():
+                del self._values[t.name]
+                continue
+            seen.update(dict.fromkeys(pc.unique(table.column(t.label).drop_null()).to_pylist()))
+
+    def check(self) -> None:
+        """Raise the in-memory path's :class:`DataError` for a task with no positive label."""
+        for t in self._tasks:
+            if t.name in self._values:
+                e = positive_values_error(t, list(self._values[t.name]))
+                e.file = self._file
+                raise e
 
 
 # ---------------------------------------------------------------------------- encoded rows

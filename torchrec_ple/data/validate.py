@@ -22,7 +22,7 @@ from torchrec_ple.data.transforms import (
     describe_report,
 )
 from torchrec_ple.spec.errors import DataError, SpecError, format_value
-from torchrec_ple.spec.schema import FileSpec, Spec
+from torchrec_ple.spec.schema import FileSpec, Spec, TaskSpec
 
 
 def _usable(t: pa.DataType, kind: str) -> bool:
@@ -255,20 +255,32 @@ def _check_positive_values(spec: Spec, train: pa.Table, enc_train: EncodedData) 
             continue
         if (enc_train.labels[:, k] > 0).any():
             continue
-        values = pc.unique(train.column(t.label).drop_null()).to_pylist()
-        shown = sorted(values, key=str)[:10]
-        lower = {str(v).lower(): v for v in values}
-        close = next((lower[str(p).lower()] for p in t.positive if str(p).lower() in lower), None)
-        raise DataError(
-            column=t.label,
-            expected=f"some labels among task '{t.name}''s positive values {t.positive}",
-            found=f"none: its values are {format_value(shown)}"
-            + (f" and {len(values) - 10} more" if len(values) > 10 else ""),
-            did_you_mean=None if close is None else str(close),
-            hint="YAML reads unquoted yes/no/on/off as true/false: quote them, e.g. ['yes']"
-            if any(isinstance(p, bool) for p in t.positive) and not _has_bools(values)
-            else "positive values are compared exactly, case included",
-        )
+        raise positive_values_error(t, pc.unique(train.column(t.label).drop_null()).to_pylist())
+
+
+def positive_values_error(t: TaskSpec, values: List[object]) -> DataError:
+    """The error of a binary task whose ``positive:`` list matches none of its training
+    labels (:func:`fit_and_encode`; the streaming fit pass raises it too).
+
+    Args:
+        t (TaskSpec): the task (binary, with ``positive``).
+        values (List[object]): its distinct non-null training labels, in order of first
+            appearance.
+    """
+    assert t.positive is not None
+    shown = sorted(values, key=str)[:10]
+    lower = {str(v).lower(): v for v in values}
+    close = next((lower[str(p).lower()] for p in t.positive if str(p).lower() in lower), None)
+    return DataError(
+        column=t.label,
+        expected=f"some labels among task '{t.name}''s positive values {t.positive}",
+        found=f"none: its values are {format_value(shown)}"
+        + (f" and {len(values) - 10} more" if len(values) > 10 else ""),
+        did_you_mean=None if close is None else str(close),
+        hint="YAML reads unquoted yes/no/on/off as true/false: quote them, e.g. ['yes']"
+        if any(isinstance(p, bool) for p in t.positive) and not _has_bools(values)
+        else "positive values are compared exactly, case included",
+    )
 
 
 def _has_bools(values: List[object]) -> bool:

@@ -119,6 +119,9 @@ def load_scorer(path: PathLike, spec: Optional[Spec] = None, which: Optional[str
         which (Optional[str]): a run directory's checkpoint: ``best``, ``last``, a step,
             or None (the best when the run has one, else the last). Default: None.
     """
+    from torchrec_ple.train.distributed import quiet_known_warnings
+
+    quiet_known_warnings()  # TorchRec's harmless notices (e.g. is_fx_tracing) in eager scoring
     path = Path(path)
     if is_model_dir(path):
         exported = load_exported(path)

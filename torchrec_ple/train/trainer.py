@@ -31,7 +31,7 @@ from torchrec_ple.data.transforms import (
     describe_report,
     merge_reports,
 )
-from torchrec_ple.data.validate import fit_and_encode
+from torchrec_ple.data.validate import check_memory, fit_and_encode
 from torchrec_ple.models.builder import build_model
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.loader import plain
@@ -400,6 +400,7 @@ def fit(
         # ranks wait for transforms.json and load it, so every rank encodes alike.
         if resume_from is None and ctx.is_main:
             fitted = fit_transforms(spec)
+            check_memory(spec, fitted.tables(), ctx.world_size)  # before the model, as in memory
             run.replace_earlier(log)  # only now: the data was read and the transforms fit
             fitted.save(out_dir / TRANSFORMS_FILE)
         if ctx.world_size > 1:
