@@ -369,3 +369,31 @@ def data_dir(args_dir: Optional[Path]) -> Path:
     if args_dir is not None:
         return Path(args_dir)
     return Path(tempfile.gettempdir()) / "torchrec_ple_bench_data"
+
+
+def run_fit_command(
+    cmd: List[str], env: Mapping[str, str], out: Path, timeout: float
+) -> Tuple[Optional[Dict[str, Any]], str, float]:
+    """Run one ``torchrec-ple fit`` command line (``--out out``) as a subprocess.
+
+    Returns:
+        Tuple: (``out/metrics.json`` when it exited 0, else None; the log tail, with the
+        exit code when it failed; wall seconds).
+    """
+    import subprocess
+
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=dict(env), capture_output=True, text=True, timeout=timeout
+        )
+        log = (r.stdout + r.stderr)[-3000:]
+        code: Optional[int] = r.returncode
+    except subprocess.TimeoutExpired as e:
+        log = f"timed out after {timeout:.0f}s\n" + str(e.stderr or "")[-3000:]
+        code = None
+    wall = time.perf_counter() - t0
+    metrics_file = out / "metrics.json"
+    if code == 0 and metrics_file.is_file():
+        return json.loads(metrics_file.read_text()), log, wall
+    return None, f"exit code {code}\n{log}", wall

@@ -29,7 +29,6 @@ the reason printed, never started.
 import torchrec_ple  # noqa: F401
 
 # isort: split
-import json
 import os
 import shutil
 import subprocess
@@ -47,6 +46,7 @@ from benchmarks.common import (
     markdown_table,
     median,
     out_path,
+    run_fit_command,
     write_json,
 )
 
@@ -141,23 +141,9 @@ def launch(
     cmd = head + ["fit", str(SPEC), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run(
-            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        log = (r.stdout + r.stderr)[-3000:]
-        code: Optional[int] = r.returncode
-    except subprocess.TimeoutExpired as e:
-        log = f"timed out after {timeout:.0f}s\n" + str(e.stderr or "")[-3000:]
-        code = None
-    wall = time.perf_counter() - t0
-    metrics_file = out / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    result = run_fit_command(cmd, env, out, timeout)
     shutil.rmtree(out, ignore_errors=True)  # the checkpoints of a 50M table are GBs
-    if code == 0 and metrics is not None:
-        return metrics, log, wall
-    return None, f"exit code {code}\n{log}", wall
+    return result
 
 
 def batch_steps(batch: int, samples: int, lo: int, hi: int) -> int:

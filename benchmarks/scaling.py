@@ -19,17 +19,13 @@ By default the batch is 1024 per process (weak scaling, as DMP is used);
 import torchrec_ple  # noqa: F401
 
 # isort: split
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.common import (
-    REPO_ROOT,
     base_parser,
     census_spec,
     census_valid_rows,
@@ -39,6 +35,7 @@ from benchmarks.common import (
     median,
     out_path,
     paired_ratio,
+    run_fit_command,
     write_census,
     write_json,
     write_yaml,
@@ -79,21 +76,7 @@ def launch(
             "--set",
             "train.progress=false",
         ]
-        t0 = time.perf_counter()
-        try:
-            r = subprocess.run(
-                cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-            )
-            log = (r.stdout + r.stderr)[-3000:]
-            code: Optional[int] = r.returncode
-        except subprocess.TimeoutExpired as e:
-            log = f"timed out after {timeout:.0f}s\n" + str(e.stderr or "")[-3000:]
-            code = None
-        wall = time.perf_counter() - t0
-        metrics_file = out / "metrics.json"
-        if code == 0 and metrics_file.is_file():
-            return json.loads(metrics_file.read_text()), log, wall
-        return None, f"exit code {code}\n{log}", wall
+        return run_fit_command(cmd, env, out, timeout)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
