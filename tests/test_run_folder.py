@@ -404,3 +404,28 @@ def test_real_sigint_ends_fit_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in err and tail[-1].startswith("interrupted at step "), err[-3000:]
     assert "; the newest checkpoint is " in tail[-1] and tail[-1].endswith("fit --resume continues")
     assert not (out / LOCK_FILE).exists()
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_checkpoint(tmp_path: Path) -> None:
+    from torch import nn
+
+    from torchrec_ple.train import checkpoint as ckpt
+
+    done = []
+    real_save = ckpt._save_checkpoint
+
+    def save_interrupted(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives mid-write
+        time.sleep(0.05)
+        real_save(*args)  # type: ignore[arg-type]
+        done.append(True)
+
+    ckpt._save_checkpoint = save_interrupted  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.save_checkpoint(tmp_path / "step_000000001", nn.Linear(2, 1), None, {"step": 1})
+    finally:
+        ckpt._save_checkpoint = real_save  # type: ignore[assignment]
+    assert done and (tmp_path / "step_000000001" / "trainer.json").is_file()
+    assert not (tmp_path / "step_000000001.tmp").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

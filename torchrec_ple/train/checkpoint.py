@@ -8,12 +8,15 @@ under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -32,6 +35,27 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (full disk, permissions); older ones are intact."""
 
 
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done.
+
+    An interrupt in the middle of DCP's writes would leave a half-written checkpoint (and
+    surface as a misleading write error); held until the save completes, Ctrl-C ends the
+    run with this checkpoint as its newest. Only the main thread can hold signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: List[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: Optional[Optimizer], trainer_state: Dict[str, Any]
 ) -> None:
@@ -46,7 +70,15 @@ def save_checkpoint(
     Raises:
         CheckpointWriteError: on every rank when any rank failed to write (e.g. a full
             disk); the half-written directory is removed and older checkpoints are intact.
+        KeyboardInterrupt: a Ctrl-C received while writing, once the checkpoint is complete.
     """
+    with _ctrl_c_after():
+        _save_checkpoint(path, model, optimizer, trainer_state)
+
+
+def _save_checkpoint(
+    path: Path, model: nn.Module, optimizer: Optional[Optimizer], trainer_state: Dict[str, Any]
+) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     tmp = path.with_name(path.name + ".tmp")
     if rank == 0 and tmp.exists():
