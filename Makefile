@@ -18,11 +18,18 @@ $(STAMP): requirements/cpu.txt requirements/torchrec.txt requirements/dev.txt py
 # FEAST=1 also installs the optional Feast extra (CI sets it, so the Feast tests run there).
 FEAST ?=
 FEAST_STAMP := $(VENV)/.torchrec-ple-feast-installed
-TEST_DEPS := $(STAMP) $(if $(FEAST),$(FEAST_STAMP))
+# TUNE=1 also installs the optional Optuna extra of `torchrec-ple tune` (CI sets it too).
+TUNE ?=
+TUNE_STAMP := $(VENV)/.torchrec-ple-tune-installed
+TEST_DEPS := $(STAMP) $(if $(FEAST),$(FEAST_STAMP)) $(if $(TUNE),$(TUNE_STAMP))
 
 $(FEAST_STAMP): $(STAMP) requirements/feast.txt
 	$(PY) -m pip install -q -r requirements/feast.txt
 	touch $(FEAST_STAMP)
+
+$(TUNE_STAMP): $(STAMP) requirements/tune.txt
+	$(PY) -m pip install -q -r requirements/tune.txt
+	touch $(TUNE_STAMP)
 
 install: $(STAMP)
 

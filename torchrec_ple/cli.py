@@ -22,6 +22,10 @@ def _set_thread_env() -> None:
     from torchrec_ple.threads import configure_threads
 
     configure_threads(default_threads=True)
+    # Arrow buffers freed after reading go back to the OS (lower peak memory of a fit).
+    from torchrec_ple.data.sources import use_returning_memory_pool
+
+    use_returning_memory_pool()
 
 
 def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -124,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy a column (e.g. an id) to the output",
     )
     p.add_argument("--prefix", default="", help="prefix of the per-task score columns")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="cpu|cuda[:N]",
+        help="where the model scores (rows are encoded on CPU either way); default: cpu",
+    )
 
     from torchrec_ple.train.compare import add_compare_args
 
@@ -137,7 +147,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several architectures on the same data and compare")
     _add_spec_args(p)
     add_compare_args(p)
+    _add_serve_parser(sub)
+
+    from torchrec_ple.train.tune import add_tune_args  # optuna itself is imported on use
+
+    p = sub.add_parser(
+        "tune", help="search the spec's tune: space per architecture (Optuna, Pareto fronts)"
+    )
+    _add_spec_args(p)
+    add_tune_args(p)
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="score over HTTP (POST /score) with an exported model, beside a Feast store",
+        description="Serve an exported model over HTTP: POST /score (entity keys read from "
+        "the Feast online store, or raw feature values), GET /health /metadata /metrics, "
+        "POST /reload (or SIGHUP). Needs the Feast extra (fastapi, uvicorn).",
+    )
+    p.add_argument("model_dir", type=Path, help="a model folder written by export")
+    p.add_argument("--feast-repo", type=Path, help="Feast repo (feature_store.yaml) to read")
+    p.add_argument("--feature-service", help="Feast feature service (default: the model's)")
+    p.add_argument(
+        "--fill",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="value for store nulls, e.g. an unknown entity's id column (repeatable)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument(
+        "--batch-wait-us",
+        type=int,
+        default=1000,
+        help="micro-batching: wait up to this long for more requests (0: no wait)",
+    )
+    p.add_argument("--max-batch-rows", type=int, default=256, help="rows per micro-batch")
+    p.add_argument("--max-rows", type=int, default=1000, help="rows per request (more: 413)")
+    p.add_argument(
+        "--max-queue", type=int, default=1024, help="requests waiting for a batch (more: 503)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
 
 def _print_metrics(tasks: Dict[str, Dict[str, float]]) -> None:
@@ -247,7 +301,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     check_out_file(args.output)
     # no SPEC: the one saved with the run or the exported model
     spec = load_spec(args.spec, args.overrides) if args.spec is not None else None
-    scorer = load_scorer(args.checkpoint, spec, args.checkpoint_step)
+    scorer = load_scorer(args.checkpoint, spec, args.checkpoint_step, device=args.device)
     if scorer.checkpoint:
         print(f"checkpoint {scorer.checkpoint}")
     out = predict_file(
@@ -269,10 +323,36 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(args)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from torchrec_ple.train.tune import run_tune
+
+    return run_tune(args)
+
+
 def _cmd_generate_clicklog(args: argparse.Namespace) -> int:
     from torchrec_ple.data.clicklog import run
 
     return run(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from torchrec_ple.serving.server import ServeSettings, parse_fill, run_server
+
+    settings = ServeSettings(
+        model_dir=args.model_dir,
+        feast_repo=args.feast_repo,
+        feature_service=args.feature_service,
+        fill=parse_fill(args.fill),
+        host=args.host,
+        port=args.port,
+        batch_wait_us=args.batch_wait_us,
+        max_batch_rows=args.max_batch_rows,
+        max_rows=args.max_rows,
+        max_queue=args.max_queue,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
+    return run_server(settings)
 
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
@@ -283,6 +363,8 @@ _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _cmd_export,
     "predict": _cmd_predict,
     "generate-clicklog": _cmd_generate_clicklog,
+    "serve": _cmd_serve,
+    "tune": _cmd_tune,
 }
 
 
@@ -318,6 +400,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if isinstance(e, TrainingError):
             print(f"error: {e}", file=sys.stderr)
+            return 3
+        from torchrec_ple.train.distributed import collective_timeout_message
+
+        timed_out = collective_timeout_message(e)
+        if timed_out is not None:
+            print(f"error: {timed_out}", file=sys.stderr)
             return 3
         if _is_allocation_failure(e):
             print(f"error: {_out_of_memory(e)}", file=sys.stderr)

@@ -63,6 +63,7 @@ __all__ = [
     "historical_table",
     "load_feast_tables",
     "merge_feature_tags",
+    "online_column_types",
     "online_table",
     "open_store",
     "read_entity_df",
@@ -287,9 +288,14 @@ def load_spec_tables(spec: Any) -> Tuple[pa.Table, pa.Table]:
 # ---------------------------------------------------------------------------- online
 
 
-def _arrow_types(
-    store: FeatureStore, features: FeatureRefs, full_feature_names: bool
+def online_column_types(
+    store: FeatureStore, features: FeatureRefs, full_feature_names: bool = False
 ) -> Dict[str, pa.DataType]:
+    """Arrow types of the retrieved feature columns, from the feature views' schemas.
+
+    Reads the registry: a server computes them once and passes them to
+    :func:`online_table` (``types``) on every read.
+    """
     from feast.type_map import feast_value_type_to_pa
 
     out: Dict[str, pa.DataType] = {}
@@ -313,6 +319,7 @@ def online_table(
         pa.Table, pd.DataFrame, Mapping[str, Sequence[Any]], Sequence[Mapping[str, Any]]
     ],
     full_feature_names: bool = False,
+    types: Optional[Mapping[str, pa.DataType]] = None,
 ) -> pa.Table:
     """Online features of entity rows as an Arrow table, in ``entity_rows`` order.
 
@@ -325,6 +332,8 @@ def online_table(
         entity_rows: join-key values: a table, a dataframe, ``{key: values}`` or a list
             of ``{key: value}`` rows.
         full_feature_names (bool): name columns ``view__feature``. Default: False.
+        types (Optional[Mapping[str, pa.DataType]]): column types
+            (:func:`online_column_types`); None reads them from the registry.
 
     Returns:
         pa.Table: join keys then feature columns, one row per entity row.
@@ -339,7 +348,8 @@ def online_table(
         features=_resolve(store, features), entity_rows=rows, full_feature_names=full_feature_names
     )
     data = response.to_dict()
-    types = _arrow_types(store, features, full_feature_names)
+    if types is None:
+        types = online_column_types(store, features, full_feature_names)
     columns = {}
     for name, values in data.items():
         t = types.get(name)

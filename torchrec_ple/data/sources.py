@@ -10,10 +10,31 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
+
+
+def use_returning_memory_pool() -> str:
+    """Make Arrow allocate from jemalloc when this pyarrow has it, unless the user chose a
+    pool (``ARROW_DEFAULT_MEMORY_POOL``); returns the pool's name.
+
+    Reading and encoding a table allocates and frees Arrow buffers worth several times the
+    encoded data. pyarrow's default pool (mimalloc) keeps freed pages mapped, so they stay in
+    the process's resident memory through training; jemalloc hands them back within about a
+    second. Measured on the census-like benchmark table (200k rows): peak RSS of a whole
+    ``fit`` 760-830 MB with mimalloc, 650-675 MB with jemalloc, at the same speed.
+    """
+    import os
+
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return pa.default_memory_pool().backend_name
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pass  # a pyarrow built without jemalloc: keep its default
+    return pa.default_memory_pool().backend_name
 
 
 def file_format(fs: FileSpec) -> str:
@@ -37,13 +58,30 @@ def read_schema(fs: FileSpec) -> pa.Schema:
     """Column names and types, reading only Parquet metadata or a small CSV sample."""
     _check_exists(fs)
     if file_format(fs) == "parquet":
-        return _parquet_dataset(fs).schema
+        if fs.path.is_dir():
+            return _parquet_dataset(fs).schema
+        return _parquet_file(fs).schema_arrow
     return _read_csv(fs, nrows=1000).schema
 
 
-def _parquet_dataset(fs: FileSpec) -> ds.Dataset:
+def _parquet_dataset(fs: FileSpec) -> Any:
+    """A directory of Parquet files as one ``pyarrow.dataset.Dataset``."""
+    # Imported here: pyarrow.dataset imports pandas (~1 s, ~40 MB); a single file is read
+    # with pyarrow.parquet alone.
+    import pyarrow.dataset as ds
+
     try:
         return ds.dataset(str(fs.path), format="parquet")
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(
+            file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+        ) from None
+
+
+def _parquet_file(fs: FileSpec) -> pq.ParquetFile:
+    """One Parquet file (its footer read)."""
+    try:
+        return pq.ParquetFile(str(fs.path))
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(
             file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
@@ -55,7 +93,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _check_parquet_files(dataset: ds.Dataset, fs: FileSpec, wanted: Sequence[str]) -> None:
+def _check_parquet_files(dataset: Any, fs: FileSpec, wanted: Sequence[str]) -> None:
     """Every file of a Parquet directory has the wanted columns (footers only): pyarrow
     would silently read a column a file lacks as nulls."""
     for frag in dataset.get_fragments():
@@ -299,11 +337,13 @@ def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Tabl
     if wanted is not None:
         require_columns(fs, read_schema(fs).names, wanted)
     if file_format(fs) == "parquet":
-        dataset = _parquet_dataset(fs)
-        if fs.path.is_dir():
-            _check_parquet_files(dataset, fs, wanted or dataset.schema.names)
         try:
-            table = dataset.to_table(columns=wanted)
+            if fs.path.is_dir():
+                dataset = _parquet_dataset(fs)
+                _check_parquet_files(dataset, fs, wanted or dataset.schema.names)
+                table = dataset.to_table(columns=wanted)
+            else:
+                table = _parquet_file(fs).read(columns=wanted)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(
                 file=str(fs.path), expected="readable Parquet data", found=_first_line(e)

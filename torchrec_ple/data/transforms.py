@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,6 +44,9 @@ class TableInfo:
         pooling (str): ``sum`` or ``mean``.
         features (List[str]): feature names looking it up.
         sharding (str): sharding hint.
+        compute_kernel (str): fbgemm kernel hint (``auto``, ``fused``, ``fused_uvm``,
+            ``fused_uvm_caching``). Default: ``auto``.
+        cache_load_factor (Optional[float]): GPU cache share of ``fused_uvm_caching``.
     """
 
     name: str
@@ -53,6 +55,8 @@ class TableInfo:
     pooling: str
     features: List[str]
     sharding: str = "auto"
+    compute_kernel: str = "auto"
+    cache_load_factor: Optional[float] = None
 
     @property
     def config_name(self) -> str:
@@ -256,6 +260,9 @@ def _hash(values: pa.Array, buckets: int) -> np.ndarray:
     out = np.zeros(len(np_vals), dtype=np.int64)
     if valid.any():
         # pandas' hash_array is vectorized and seeded with a fixed key: stable across runs.
+        # Imported here: a Parquet run without hashed features never loads pandas (~40 MB).
+        import pandas as pd
+
         h = pd.util.hash_array(np_vals[valid])
         out[valid] = (h % np.uint64(buckets)).astype(np.int64) + 1
     return out
@@ -374,6 +381,8 @@ class FeatureTransforms:
                     pooling=f.embedding.pooling or "sum",
                     features=[f.name],
                     sharding=f.embedding.sharding,
+                    compute_kernel=f.embedding.compute_kernel,
+                    cache_load_factor=f.embedding.cache_load_factor,
                 )
         return list(out.values())
 

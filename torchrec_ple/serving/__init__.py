@@ -4,7 +4,10 @@
   ``torch.export`` program (``model.pt2``), the fitted ``transforms.json``, the resolved
   ``spec.yaml`` and a ``manifest.json`` describing inputs and outputs;
 * :func:`load_exported` loads such a folder without unpickling arbitrary objects;
-* :func:`predict_file` scores a Parquet/CSV file from a run directory or a model folder.
+* :func:`predict_file` scores a Parquet/CSV file from a run directory or a model folder;
+* :func:`run_server` (``torchrec-ple serve``) scores over HTTP, entity keys read from the
+  Feast online store or raw values (:mod:`torchrec_ple.serving.server`); one loaded folder
+  is a :class:`OnlineModel` (:func:`load_online_model`).
 
 Importing this package imports neither torch nor torchrec; its functions do.
 """
@@ -15,15 +18,19 @@ from typing import Any
 
 __all__ = [
     "ExportedModel",
+    "OnlineModel",
     "Scorer",
+    "ServeSettings",
     "ServingModel",
     "export_model",
     "load_exported",
+    "load_online_model",
     "load_saved_spec",
     "load_scorer",
     "load_unsharded",
     "predict_file",
     "predict_table",
+    "run_server",
 ]
 
 _WHERE = {
@@ -37,6 +44,10 @@ _WHERE = {
     "load_scorer": "torchrec_ple.serving.predict",
     "predict_file": "torchrec_ple.serving.predict",
     "predict_table": "torchrec_ple.serving.predict",
+    "OnlineModel": "torchrec_ple.serving.online",
+    "load_online_model": "torchrec_ple.serving.online",
+    "ServeSettings": "torchrec_ple.serving.server",
+    "run_server": "torchrec_ple.serving.server",
 }
 
 

@@ -176,9 +176,13 @@ def resolve_run(run_dir: PathLike, which: Optional[str] = None) -> Tuple[Path, P
 
 
 def load_unsharded(
-    spec: Optional[Spec], run_dir: PathLike, which: Optional[str] = None
+    spec: Optional[Spec],
+    run_dir: PathLike,
+    which: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
 ) -> Tuple[MultiTaskModel, FeatureTransforms]:
-    """Build the model unsharded on CPU and load a fit run's DCP checkpoint into it.
+    """Build the model unsharded and load a fit run's DCP checkpoint into it (on CPU, then
+    moved to ``device``).
 
     The checkpoint's ``model`` entry is the DMP state dict of ``MultiTaskTrainModule``;
     its ``model.`` prefix is mapped away. DCP reads it without a process group
@@ -189,6 +193,8 @@ def load_unsharded(
         run_dir (PathLike): ``fit``'s output directory, or one ``checkpoints/step_*``.
         which (Optional[str]): the run's checkpoint (see :func:`resolve_run`). Default:
             the best, else the last.
+        device (Union[str, torch.device]): where the loaded model computes (a checkpoint
+            written on GPUs loads on CPU and vice versa). Default: ``cpu``.
 
     Returns:
         Tuple[MultiTaskModel, FeatureTransforms]: the model in eval mode, and the run's
@@ -217,13 +223,14 @@ def load_unsharded(
         ) from e
     model.load_state_dict({k[len(CHECKPOINT_PREFIX) :]: v for k, v in state.items()})
     model.eval()
-    return model, transforms
+    return model.to(device), transforms
 
 
 def serving_model(spec: Spec, model: MultiTaskModel) -> ServingModel:
-    """Wrap a model for serving (eval mode)."""
+    """Wrap a model for serving (eval mode, on the model's device)."""
     keys = [f.name for f in spec.sparse_features]
-    return ServingModel(model, keys, [t.type for t in spec.tasks]).eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    return ServingModel(model, keys, [t.type for t in spec.tasks]).eval().to(device)
 
 
 # ---------------------------------------------------------------------------- export
@@ -537,7 +544,17 @@ def check_no_pickle(program_path: PathLike) -> None:
         ) from None
 
 
-def load_exported(model_dir: PathLike) -> ExportedModel:
+def program_on(
+    program: torch.export.ExportedProgram, device: Union[str, torch.device]
+) -> torch.export.ExportedProgram:
+    """An exported program (traced on CPU) moved to ``device``: its weights, buffers and
+    the devices its graph names (``torch.export.passes.move_to_device_pass``)."""
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, str(torch.device(device)))
+
+
+def load_exported(model_dir: PathLike, device: Union[str, torch.device] = "cpu") -> ExportedModel:
     """Load a model folder written by :func:`export_model`.
 
     ``model.pt2`` is loaded with ``torch.export.load`` after :func:`check_no_pickle`;
@@ -546,6 +563,8 @@ def load_exported(model_dir: PathLike) -> ExportedModel:
 
     Args:
         model_dir (PathLike): the model folder.
+        device (Union[str, torch.device]): where the program computes; a GPU moves the
+            CPU-traced program there (:func:`program_on`). Default: ``cpu``.
 
     Returns:
         ExportedModel: the callable program with its spec, transforms and manifest.
@@ -571,9 +590,11 @@ def load_exported(model_dir: PathLike) -> ExportedModel:
         check_no_pickle(file)
         with open(file, "rb") as f:
             program = torch.export.load(io.BytesIO(f.read()))
+        if torch.device(device).type != "cpu":
+            program = program_on(program, device)
         module: nn.Module = program.module()
     else:
-        module = torch.jit.load(str(file), map_location="cpu")
+        module = torch.jit.load(str(file), map_location=torch.device(device))
         module.eval()
     return ExportedModel(module, spec, transforms, manifest)
 

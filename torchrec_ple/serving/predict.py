@@ -53,6 +53,8 @@ class Scorer:
         source (str): ``run`` (in-process model) or ``export`` (exported program).
         checkpoint (str): for ``run``, which checkpoint of the run (see
             :func:`~torchrec_ple.train.trainer.describe_checkpoint`). Default: empty.
+        device (torch.device): where ``fn`` computes; inputs are built on CPU and copied
+            there, scores come back to CPU. Default: CPU.
 
     Example::
 
@@ -66,6 +68,7 @@ class Scorer:
     source: str
     checkpoint: str = ""
     last_report: Dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def task_names(self) -> List[str]:
@@ -77,7 +80,8 @@ class Scorer:
         parts = []
         for start in range(0, data.num_rows, batch_size):
             rows = np.arange(start, min(start + batch_size, data.num_rows), dtype=np.int64)
-            parts.append(self.fn(*model_inputs(data, rows)).float().numpy())
+            inputs = [t.to(self.device) for t in model_inputs(data, rows)]
+            parts.append(self.fn(*inputs).float().cpu().numpy())
         if not parts:
             return np.zeros((0, len(self.spec.tasks)), np.float32)
         return np.concatenate(parts)
@@ -108,7 +112,12 @@ def model_inputs(
     return batch.dense, values, lengths
 
 
-def load_scorer(path: PathLike, spec: Optional[Spec] = None, which: Optional[str] = None) -> Scorer:
+def load_scorer(
+    path: PathLike,
+    spec: Optional[Spec] = None,
+    which: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> Scorer:
     """A scorer from a fit run directory (in process) or an exported model folder.
 
     Args:
@@ -118,25 +127,30 @@ def load_scorer(path: PathLike, spec: Optional[Spec] = None, which: Optional[str
             A given spec must declare the same features and tasks as the saved model.
         which (Optional[str]): a run directory's checkpoint: ``best``, ``last``, a step,
             or None (the best when the run has one, else the last). Default: None.
+        device (Union[str, torch.device]): ``cpu`` or ``cuda[:N]`` (``predict --device``);
+            a GPU this machine lacks is one :class:`~torchrec_ple.train.device.SetupError`
+            line. Default: ``cpu``.
     """
+    from torchrec_ple.train.device import serving_device
     from torchrec_ple.train.distributed import quiet_known_warnings
 
+    dev = serving_device(str(device))  # before anything is loaded
     quiet_known_warnings()  # TorchRec's harmless notices (e.g. is_fx_tracing) in eager scoring
     path = Path(path)
     if is_model_dir(path):
-        exported = load_exported(path)
+        exported = load_exported(path, dev)
         if spec is None:
-            return Scorer(exported.spec, exported.transforms, exported, "export")
+            return Scorer(exported.spec, exported.transforms, exported, "export", device=dev)
         _check_same_io(spec, exported.manifest, path)
         transforms = FeatureTransforms(spec, exported.transforms.state)
-        return Scorer(spec, transforms, exported, "export")
+        return Scorer(spec, transforms, exported, "export", device=dev)
     ckpt, transforms_path = resolve_run(path, which)
     if spec is None:
         spec = load_saved_spec(transforms_path.parent)
-    model, transforms = load_unsharded(spec, ckpt)
+    model, transforms = load_unsharded(spec, ckpt, device=dev)
     from torchrec_ple.train.trainer import describe_checkpoint
 
-    scorer = Scorer(spec, transforms, serving_model(spec, model), "run")
+    scorer = Scorer(spec, transforms, serving_model(spec, model), "run", device=dev)
     scorer.checkpoint = describe_checkpoint(ckpt)
     return scorer
 
@@ -289,6 +303,7 @@ def predict_file(
     input_format: Optional[str] = None,
     prefix: str = "",
     which: Optional[str] = None,
+    device: Union[str, torch.device] = "cpu",
 ) -> Dict[str, Any]:
     """Score a Parquet or CSV file in batches and write the scores as Parquet, or as CSV
     when ``output_path`` ends in ``.csv`` (or ``.csv.gz``, compressed).
@@ -312,6 +327,8 @@ def predict_file(
         prefix (str): score column name prefix. Default: none.
         which (Optional[str]): a run directory's checkpoint: ``best``, ``last``, a step, or
             None (the best when the run has one, else the last). Default: None.
+        device (Union[str, torch.device]): where a model loaded from ``model_path``
+            computes (see :func:`load_scorer`). Default: ``cpu``.
 
     Returns:
         Dict[str, Any]: ``{"rows", "columns", "output", "source"}``.
@@ -319,7 +336,11 @@ def predict_file(
     if batch_size < 1:
         raise DataError(expected="batch_size >= 1", found=str(batch_size))
     check_out_file(Path(output_path))  # before the model is loaded or a row is read
-    scorer = model_path if isinstance(model_path, Scorer) else load_scorer(model_path, spec, which)
+    scorer = (
+        model_path
+        if isinstance(model_path, Scorer)
+        else load_scorer(model_path, spec, which, device=device)
+    )
     fs = input_file_spec(scorer.spec if spec is None else spec, input_path, input_format)
     names = _output_names(scorer, keep_columns, prefix)
     columns = feature_columns(scorer.spec) + list(keep_columns)

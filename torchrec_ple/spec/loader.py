@@ -42,6 +42,7 @@ from torchrec_ple.spec.errors import SpecError, format_value
 from torchrec_ple.spec.schema import (
     ACTIVATIONS,
     ARCHITECTURES,
+    COMPUTE_KERNELS,
     CPU_EMBEDDING_OPTIMIZERS,
     DATA_SOURCES,
     DENSE_OPTIMIZERS,
@@ -58,6 +59,7 @@ from torchrec_ple.spec.schema import (
     ON_MISSING,
     ON_OUT_OF_RANGE,
     POOLINGS,
+    PRECISIONS,
     PROGRESS_MODES,
     SELECT_METRICS,
     SHARDING_TYPES,
@@ -572,6 +574,11 @@ class _Checker:
                 if f is not _BAD
             ]
             self.check_synthetic(data.synthetic, good, tasks if tasks_ok else [])
+        tune = sections.get("tune")
+        if tune is not None and not self.errors:  # its values are tried on the clean spec
+            from torchrec_ple.spec.tune_check import check_tune
+
+            check_tune(self, tune, tasks)
         if self.errors:
             return None
         return Spec(
@@ -580,6 +587,7 @@ class _Checker:
             tasks=tasks,
             model=model,
             train=train,
+            tune=tune,
             raw=copy.deepcopy(self.raw),
         )
 
@@ -720,6 +728,10 @@ class _Checker:
         if e.pooling is not None:
             self.choice(E + ("pooling",), e.pooling, POOLINGS)
         self.choice(E + ("sharding",), e.sharding, SHARDING_TYPES)
+        self.choice(E + ("compute_kernel",), e.compute_kernel, COMPUTE_KERNELS)
+        if e.cache_load_factor is not None:
+            lf = e.cache_load_factor
+            self.within(E + ("cache_load_factor",), 0 < lf <= 1, "a number in (0, 1]", lf)
         self.at_least(E + ("dim",), e.dim)
         if e.table is not None and not e.table:
             self.err(E + ("table",), "a non-empty table name", "''")
@@ -903,6 +915,9 @@ class _Checker:
                 )
             pooling = self.agree(features, idx, table, "pooling", None) or "sum"
             sharding = self.agree(features, idx, table, "sharding", "auto")
+            kernel = self.agree(features, idx, table, "compute_kernel", "auto")
+            load_factor = self.agree(features, idx, table, "cache_load_factor", None)
+            self.check_kernel(features, idx, table, sharding, kernel, load_factor)
             first = features[idx[0]]
             for i in idx[1:]:
                 mine, theirs = _id_mapping(features[i]), _id_mapping(first)
@@ -912,6 +927,34 @@ class _Checker:
             for i in idx:
                 e = features[i].embedding
                 e.table, e.dim, e.pooling, e.sharding = table, dim, pooling, sharding
+                e.compute_kernel, e.cache_load_factor = kernel, load_factor
+
+    def check_kernel(
+        self,
+        features: List[FeatureSpec],
+        idx: List[int],
+        table: str,
+        sharding: str,
+        kernel: str,
+        load_factor: Optional[float],
+    ) -> None:
+        """A table's ``compute_kernel`` fits its sharding, and a ``cache_load_factor``
+        its kernel."""
+        if kernel != "auto" and sharding == "data_parallel":
+            i = next(i for i in idx if features[i].embedding.compute_kernel != "auto")
+            self.err(
+                ("features", i, "embedding", "compute_kernel"),
+                f"auto for table '{table}' (data_parallel tables use the dense kernel)",
+                format_value(kernel),
+            )
+        if load_factor is not None and kernel not in ("auto", "fused_uvm_caching"):
+            i = next(i for i in idx if features[i].embedding.cache_load_factor is not None)
+            self.err(
+                ("features", i, "embedding", "cache_load_factor"),
+                f"no cache_load_factor for table '{table}' (compute_kernel {kernel} has no "
+                "cache; fused_uvm_caching or auto)",
+                format_value(load_factor),
+            )
 
     def agree(
         self, features: List[FeatureSpec], idx: List[int], table: str, key: str, unset: Any
@@ -1115,7 +1158,16 @@ class _Checker:
         self.at_least(T + ("log_every",), t.log_every)
         self.choice(T + ("weight_schedule_unit",), t.weight_schedule_unit, WEIGHT_UNITS)
         self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS)
+        if t.on_nonfinite_loss is False:  # YAML 1.1 reads a bare `off` as false
+            t.on_nonfinite_loss = "off"
         self.choice(T + ("on_nonfinite_loss",), t.on_nonfinite_loss, NONFINITE_LOSS_ACTIONS)
+        self.choice(T + ("precision",), t.precision, PRECISIONS)
+        d = t.dist_timeout_s
+        self.within(T + ("dist_timeout_s",), d > 0, "a number of seconds > 0", d)
+        for key in ("hbm_cap_gb", "ddr_cap_gb"):
+            cap = getattr(t.planner, key)
+            if cap is not None:
+                self.within(T + ("planner", key), cap > 0, "a number of GiB > 0", cap)
         self.at_least(T + ("max_skipped_steps",), t.max_skipped_steps, 0)
         self.check_schedules(t)
         for key, choices in (
@@ -1130,6 +1182,13 @@ class _Checker:
             )
             self.within(op + ("eps",), o.eps > 0, "a number > 0", o.eps)
         opt = t.embedding_optimizer.type
+        if opt in ("adagrad", "sgd") and t.embedding_optimizer.weight_decay:
+            self.err(
+                T + ("embedding_optimizer", "weight_decay"),
+                f"0 with embedding_optimizer {opt} (fbgemm's {opt} kernel has no weight decay)",
+                format_value(t.embedding_optimizer.weight_decay),
+                hint="rowwise_adagrad applies it as an L2 penalty, adam decoupled",
+            )
         if (
             opt in EMBEDDING_OPTIMIZERS
             and opt not in CPU_EMBEDDING_OPTIMIZERS
@@ -1138,7 +1197,7 @@ class _Checker:
             cpu = ", ".join(CPU_EMBEDDING_OPTIMIZERS)
             self.err(
                 T + ("embedding_optimizer", "type"),
-                f"one of {cpu} on a machine without CUDA",
+                f"one of {cpu} without CUDA (a GPU and the CUDA build of fbgemm-gpu)",
                 format_value(opt),
                 hint=f"fbgemm's CPU kernels support {cpu}",
             )
@@ -1261,9 +1320,10 @@ def _id_mapping(f: FeatureSpec) -> Tuple[str, str]:
 
 
 def _cuda_available() -> bool:
-    import torch  # imported lazily: only fused-optimizer checks need it
+    # imported lazily (torch, fbgemm): only the CUDA-only optimizers' check needs it
+    from torchrec_ple.train.device import cuda_kernels_available
 
-    return bool(torch.cuda.is_available())
+    return cuda_kernels_available()
 
 
 # --------------------------------------------------------------------------- API

@@ -1,7 +1,8 @@
 """Typed dataclasses for a torchrec-ple spec.
 
 A spec is one YAML file with five sections: ``data``, ``features``, ``tasks``,
-``model`` and ``train``. :func:`torchrec_ple.spec.load_spec` parses and validates
+``model`` and ``train``, and optionally ``tune`` (the search space of ``torchrec-ple
+tune``). :func:`torchrec_ple.spec.load_spec` parses and validates
 the YAML into :class:`Spec`; nothing in this module reads files.
 
 Every field has the YAML key of the same name. Defaults here are the defaults a
@@ -36,12 +37,16 @@ EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 # Fused (fbgemm) embedding optimizers available with the CPU build of fbgemm-gpu.
 CPU_EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+# fbgemm kernels of a sharded table (TorchRec's EmbeddingComputeKernel values); the UVM ones
+# need CUDA. ``auto``: the planner's choice among those the device offers.
+COMPUTE_KERNELS = ("auto", "fused", "fused_uvm", "fused_uvm_caching")
+PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("files", "synthetic", "feast")
 FEAST_SPLITS = ("random", "time")
 FILE_FORMATS = ("parquet", "csv")
 WEIGHT_UNITS = ("step", "epoch")
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
-NONFINITE_LOSS_ACTIONS = ("stop", "skip")
+NONFINITE_LOSS_ACTIONS = ("stop", "skip", "off")
 # Validation metrics ``train.select`` may pick, per task type, and which way is better.
 SELECT_METRICS = {"binary": ("auc", "ne", "ctcvr_auc"), "regression": ("mse",)}
 HIGHER_IS_BETTER = {"auc": True, "ctcvr_auc": True, "ne": False, "mse": False}
@@ -233,12 +238,24 @@ class EmbeddingSpec:
             one process, the planner's choice of table/row/column/table-row-wise with
             more (never data-parallel, which would train the table with the dense
             optimizer). Default: ``auto``.
+        compute_kernel (str): fbgemm kernel of the table; per table like ``sharding``.
+            ``fused``: weights and optimizer state in GPU memory (host memory on CPU);
+            ``fused_uvm``: in host memory, read by the GPU through unified memory;
+            ``fused_uvm_caching``: in host memory with a GPU cache of
+            ``cache_load_factor`` of the rows. The UVM kernels need CUDA. ``auto``: the
+            planner's choice among those the device offers, by the memory it has
+            (``train.planner``). Not for ``data_parallel`` tables (dense). Default: ``auto``.
+        cache_load_factor (Optional[float]): for ``fused_uvm_caching`` (or ``auto``): the
+            fraction of the table's rows the GPU cache holds, in (0, 1]; per table.
+            Default: TorchRec's (0.2).
     """
 
     dim: Optional[int] = None
     table: Optional[str] = None
     pooling: Optional[str] = None
     sharding: str = "auto"
+    compute_kernel: str = "auto"
+    cache_load_factor: Optional[float] = None
 
 
 @dataclass
@@ -418,7 +435,11 @@ class OptimizerSpec:
     Args:
         type (str): optimizer name.
         lr (float): learning rate.
-        weight_decay (float): L2 penalty. Default: 0.0.
+        weight_decay (float): weight decay. Dense optimizers: torch's (an L2 penalty,
+            decoupled for ``adamw``). Embedding tables: an L2 penalty for
+            ``rowwise_adagrad`` (added to the gradient of the rows a batch looks up),
+            decoupled for ``adam`` (fbgemm's Adam is AdamW-like); ``adagrad`` and ``sgd``
+            take none (fbgemm's kernels have no weight decay). Default: 0.0.
         eps (float): numerical epsilon. Default: 1e-8.
     """
 
@@ -505,6 +526,26 @@ class LrScheduleSpec:
 
 
 @dataclass
+class PlannerSpec:
+    """What TorchRec's sharding planner may fill on each rank (``train.planner``).
+
+    The planner places each table's weights and optimizer state (Adam: 2 states per
+    weight, Adagrad 1, row-wise Adagrad 1 per row, SGD none) by these caps; a plan that
+    does not fit is a one-line error before any memory is allocated.
+
+    Args:
+        hbm_cap_gb (Optional[float]): GPU memory per rank, in GiB. Default: the GPU's total
+            memory (``torch.cuda.get_device_properties``).
+        ddr_cap_gb (Optional[float]): host memory per rank, in GiB (where ``fused_uvm``
+            tables and, on CPU, every table live). Default: the host's RAM (or its cgroup
+            limit) divided by the node's ranks (``LOCAL_WORLD_SIZE``).
+    """
+
+    hbm_cap_gb: Optional[float] = None
+    ddr_cap_gb: Optional[float] = None
+
+
+@dataclass
 class TrainSpec:
     """Training loop settings.
 
@@ -533,11 +574,14 @@ class TrainSpec:
         tensorboard (bool): write TensorBoard scalars under ``<out>/tensorboard``.
             Default: True.
         log_every (int): steps between TensorBoard training scalars. Default: 50.
-        on_nonfinite_loss (str): what a step with a NaN/inf loss does. Either way the step
+        on_nonfinite_loss (Any): what a step with a NaN/inf loss does. Either way the step
             is not applied (the loss is checked before the backward, so no weight, optimizer
             state or fused embedding row changes). ``stop``: training stops with the step,
             the tasks and the batch's rows. ``skip``: the batch is skipped, logged and
-            counted in ``metrics.json`` (``train.skipped_steps``). Default: ``stop``.
+            counted in ``metrics.json`` (``train.skipped_steps``). ``off``: no check (for
+            throughput runs on a GPU: the check waits for every step's forward before the
+            backward is queued); a NaN then reaches the weights unnoticed (YAML reads a bare
+            ``off`` as ``false``: both mean ``off``). Default: ``stop``.
         max_skipped_steps (int): with ``skip``, stop once more steps than this were
             skipped (a diverging run). Default: 10.
         select (Optional[SelectSpec]): which epoch is the best (see :class:`SelectSpec`);
@@ -552,6 +596,14 @@ class TrainSpec:
             gradients to this (after DDP averaged them, so every rank clips alike). The
             sharded embedding tables cannot be clipped: their fused optimizer updates them
             inside the backward. Default: none.
+        precision (str): ``fp32``, or ``bf16``: the head (experts, gates, towers) runs
+            under ``torch.autocast`` in bfloat16 (weights, optimizer state and the loss stay
+            float32; tables stay float32), and with several GPUs the dense gradients are
+            all-reduced in bfloat16. Works on CPU and GPU. Default: ``fp32``.
+        planner (PlannerSpec): memory caps of the sharding planner. Default: the machine's.
+        dist_timeout_s (float): seconds a collective (all ranks meeting, e.g. while rank 0
+            fits the transforms of streamed data) may wait before the run stops with an
+            error. Default: 1800.
     """
 
     batch_size: int = 1024
@@ -573,12 +625,89 @@ class TrainSpec:
     keep_checkpoints: int = 2
     tensorboard: bool = True
     log_every: int = 50
-    on_nonfinite_loss: str = "stop"
+    on_nonfinite_loss: Any = "stop"
     max_skipped_steps: int = 10
     select: Optional[SelectSpec] = None
     early_stopping: Optional[EarlyStoppingSpec] = None
     lr_schedule: Optional[LrScheduleSpec] = None
     clip_grad_norm: Optional[float] = None
+    precision: str = "fp32"
+    planner: PlannerSpec = field(default_factory=PlannerSpec)
+    dist_timeout_s: float = 1800.0
+
+
+@dataclass
+class TuneParamSpec:
+    """The values ``torchrec-ple tune`` searches for one key path of the spec.
+
+    Either ``choices`` (any YAML values, lists included, e.g. ``[[64, 32], [128, 64]]``)
+    or a range ``low``..``high``: integers when ``low``, ``high`` (and ``step``) are ints,
+    else numbers; ``log`` samples the range log-uniformly.
+
+    Example (YAML)::
+
+        - {key: train.dense_optimizer.lr, low: 1.0e-4, high: 1.0e-2, log: true}
+        - {key: model.expert_dims[0], low: 32, high: 128, step: 32}
+        - {key: model.expert_dims, choices: [[64, 32], [128, 64]]}
+
+    Args:
+        key (str): the key path, as ``--set`` takes it (``tasks[1].weight.decay``).
+        low (Optional[Any]): the least value of a range.
+        high (Optional[Any]): the greatest value of a range.
+        log (bool): sample ``log(value)`` uniformly (``low > 0``). Default: False.
+        step (Optional[Any]): spacing of a range's values. Default: none (continuous;
+            1 for an int range).
+        choices (Optional[List[Any]]): the values to choose from.
+    """
+
+    key: str
+    low: Optional[Any] = None
+    high: Optional[Any] = None
+    log: bool = False
+    step: Optional[Any] = None
+    choices: Optional[List[Any]] = None
+
+
+@dataclass
+class TunePruneSpec:
+    """When ``tune`` stops a poor trial early (multi-objective: Optuna's pruners do not apply).
+
+    After each epoch from ``warmup_epochs`` on, a trial stops when its best epoch so far
+    (by ``train.select``) is worse on every objective than the median of the completed
+    trials of its architecture at the same epoch, once ``min_trials`` of them exist.
+
+    Args:
+        warmup_epochs (int): epochs every trial trains before it may be stopped. Default: 1.
+        min_trials (int): completed trials of the architecture needed first. Default: 4.
+    """
+
+    warmup_epochs: int = 1
+    min_trials: int = 4
+
+
+@dataclass
+class TuneSpec:
+    """The search of ``torchrec-ple tune`` (ignored by ``fit``).
+
+    Args:
+        params (List[TuneParamSpec]): the searched key paths and their values.
+        objectives (Dict[str, str]): task -> validation metric to optimise (``auc``/``ne``
+            of a binary task, ``mse`` of a regression task). Default: every task, AUC for
+            binary and MSE for regression.
+        architectures (List[str]): one study each. Default: ``model.architecture``.
+        trials (int): trials per architecture. Default: 20.
+        startup_trials (int): random trials before the TPE sampler models. Default: 5.
+        seed (int): the sampler's seed. Default: 0.
+        prune (Optional[TunePruneSpec]): early stop of poor trials; ``null``: none.
+    """
+
+    params: List[TuneParamSpec] = field(default_factory=list)
+    objectives: Dict[str, str] = field(default_factory=dict)
+    architectures: List[str] = field(default_factory=list)
+    trials: int = 20
+    startup_trials: int = 5
+    seed: int = 0
+    prune: Optional[TunePruneSpec] = field(default_factory=TunePruneSpec)
 
 
 @dataclass
@@ -591,6 +720,7 @@ class Spec:
         tasks (List[TaskSpec]): prediction tasks.
         model (ModelSpec): multi-task head.
         train (TrainSpec): training loop settings.
+        tune (Optional[TuneSpec]): the search space of ``tune``; ``fit`` ignores it.
         path (Optional[Path]): the YAML file the spec came from.
         raw (Dict[str, Any]): the YAML mapping after ``--set`` overrides, for the record.
     """
@@ -600,6 +730,7 @@ class Spec:
     tasks: List[TaskSpec]
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    tune: Optional[TuneSpec] = None
     path: Optional[Path] = None
     raw: Dict[str, Any] = field(default_factory=dict)
 

@@ -75,6 +75,15 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="delete each run's checkpoint folder once it is evaluated (metrics stay)",
     )
+    parser.add_argument(
+        "--from-tune",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run each architecture tuned in DIR (torchrec-ple tune) with its chosen spec "
+        "(DIR/best/<arch>.yaml), the others with SPEC; 'all' then means the tuned ones and "
+        "single_task",
+    )
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -89,6 +98,13 @@ def run_compare(args: argparse.Namespace) -> int:
         match_experts=getattr(args, "match_experts", True),
         drop_checkpoints=getattr(args, "drop_checkpoints", False),
     )
+    if getattr(args, "from_tune", None) is not None:
+        from torchrec_ple.train.tune_report import tuned_specs
+
+        kwargs["arch_specs"] = tuned_specs(args.from_tune)
+        if args.architectures.strip() == "all":  # the tuned ones, against single_task
+            wanted = set(kwargs["arch_specs"]) | {"single_task"}
+            architectures = [a for a in ARCHITECTURES if a in wanted]
     if sweeps:
         result = run_sweep(args.spec, architectures, args.out, overrides, sweeps, **kwargs)
         failed = sum(p["compare"]["failed_runs"] for p in result["points"])
@@ -268,6 +284,7 @@ def compare(
     seeds: int = 1,
     match_experts: bool = True,
     drop_checkpoints: bool = False,
+    arch_specs: Optional[Dict[str, Path]] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
     """Fit every architecture x seed and write ``compare.json``, ``compare.md``, plots.
@@ -281,6 +298,8 @@ def compare(
         seeds (int): runs per architecture; run ``s`` uses ``train.seed = base + s``.
         match_experts (bool): give MMoE/ML-MMoE as many experts per level as CGC/PLE.
         drop_checkpoints (bool): delete each run's checkpoint folder after the run.
+        arch_specs (Optional[Dict[str, Path]]): architecture -> its own spec (``tune``'s
+            chosen one, run as it is: no expert matching) instead of ``spec_path``.
         log (Callable[[str], None]): progress lines.
 
     Returns:
@@ -299,6 +318,7 @@ def compare(
         "train_seeds": [base.train.seed + s for s in range(seeds)],
         "data_seed": base.data.synthetic.seed if base.data.source == "synthetic" else None,
         "match_experts": match_experts,
+        "from_tune": {a: str(p) for a, p in (arch_specs or {}).items() if a in architectures},
         "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
         "tasks": {
             n: {"type": k, "metric": _primary(k)[0], "higher_is_better": _primary(k)[1]}
@@ -313,7 +333,8 @@ def compare(
         result["architectures"][arch] = entry
         for s in range(seeds):
             run_dir = out / arch / f"seed{s}"
-            ov = _run_overrides(base, arch, s, match_experts)
+            tuned = (arch_specs or {}).get(arch)
+            ov = _run_overrides(base, arch, s, match_experts and tuned is None)
             entry["overrides"] = [f"{k}={_value_text(v)}" for k, v in ov if k != "train.seed"]
             run: Dict[str, Any] = {
                 "seed": s,
@@ -322,17 +343,20 @@ def compare(
             }
             t0 = time.perf_counter()
             try:
-                spec = load_spec(spec_path, _quiet_defaults() + list(overrides) + ov)
+                spec = load_spec(tuned or spec_path, _quiet_defaults() + list(overrides) + ov)
                 metrics = _fit(
                     spec, run_dir, log=lambda line, p=f"[{arch} seed{s}] ": log(p + line)
                 )
+                # the epoch train.select keeps (what evaluate/export serve), else the last
+                best = metrics.get("best") or {}
                 run.update(
-                    tasks=metrics["tasks"],
+                    tasks=best.get("tasks") or metrics["tasks"],
+                    epoch=best.get("epoch"),
                     samples_per_second=metrics.get("train", {}).get("samples_per_second"),
                     train_seconds=metrics.get("train", {}).get("seconds"),
                     parameters=metrics.get("model", {}).get("parameters"),
                 )
-                missing = [t for t in tasks if t not in metrics["tasks"]]
+                missing = [t for t in tasks if t not in run["tasks"]]
                 if missing:
                     raise RuntimeError(f"no validation metrics for tasks {missing}")
                 if s == 0 and metrics.get("gates"):
@@ -461,7 +485,8 @@ def compare_markdown(result: Dict[str, Any]) -> str:
         "",
         f"Overrides: {', '.join(f'`{o}`' for o in result['overrides']) or 'none'}. "
         f"Seeds: {result['seeds']} (train.seed {', '.join(map(str, result['train_seeds']))}; "
-        "same data for every run). Metric: mean ± sample std over seeds. "
+        "same data for every run). Metric: mean ± sample std over seeds, of the epoch "
+        "train.select keeps where a spec has it, else of the last epoch. "
         + (
             "MMoE/ML-MMoE get as many experts per level as CGC/PLE."
             if result["match_experts"]
@@ -469,6 +494,9 @@ def compare_markdown(result: Dict[str, Any]) -> str:
         ),
         "",
     ]
+    if result.get("from_tune"):
+        tuned = ", ".join(f"{a} `{p}`" for a, p in result["from_tune"].items())
+        lines += [f"Tuned specs (`--from-tune`, run as chosen by tune): {tuned}.", ""]
     head = ["architecture", "params", "samples/s"]
     for name, t in tasks.items():
         arrow = "↑" if t["higher_is_better"] else "↓"

@@ -108,8 +108,14 @@ class ExponentialLossWeights:
         self._decay = torch.tensor(list(decay), dtype=torch.float64)
 
     def __call__(self, t: int) -> torch.Tensor:
-        """(K,) float32 weights at step or epoch ``t``."""
+        """(K,) float32 weights at step or epoch ``t`` (on the schedule's device)."""
         return (self._initial * self._decay**t).float()
+
+    def to(self, device: torch.device) -> ExponentialLossWeights:
+        """The same schedule computed on ``device``: no host-to-device copy per step."""
+        out = ExponentialLossWeights.__new__(ExponentialLossWeights)
+        out._initial, out._decay = self._initial.to(device), self._decay.to(device)
+        return out
 
 
 def esmm_ctcvr_per_sample(
@@ -191,6 +197,11 @@ class MultiTaskTrainModule(nn.Module):
             trained through (ESMM), or -1. Default: none.
         uncertainty (bool): learn Kendall et al.'s per-task log-variances. Default: False.
         world_size (int): processes whose batches form one global batch. Default: 1.
+        precision (str): ``fp32``, or ``bf16``: the model's forward runs under
+            ``torch.autocast(device_type)`` in bfloat16 (its matmuls in bfloat16, weights
+            float32); its outputs and the losses are float32. Default: ``fp32``.
+        device_type (str): the device the module computes on (``cpu`` or ``cuda``), for
+            autocast. Default: ``cpu``.
     """
 
     def __init__(
@@ -200,9 +211,13 @@ class MultiTaskTrainModule(nn.Module):
         esmm_parents: Optional[List[int]] = None,
         uncertainty: bool = False,
         world_size: int = 1,
+        precision: str = "fp32",
+        device_type: str = "cpu",
     ) -> None:
         super().__init__()
         self.model = model
+        self._bf16 = precision == "bf16"
+        self._device_type = device_type
         k = len(task_types)
         parents = list(esmm_parents or [-1] * k)
         self._has_esmm = any(p >= 0 for p in parents)
@@ -233,7 +248,12 @@ class MultiTaskTrainModule(nn.Module):
     def forward(
         self, batch: MultiTaskBatch
     ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        outputs = self.model(batch.dense, batch.sparse)
+        if self._bf16:
+            with torch.autocast(self._device_type, dtype=torch.bfloat16):
+                outputs = self.model(batch.dense, batch.sparse)
+            outputs = outputs.float()
+        else:
+            outputs = self.model(batch.dense, batch.sparse)
         per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary)
         masks = batch.masks
         if self._has_esmm:

@@ -82,6 +82,14 @@ RESUMABLE_KEYS: Tuple[str, ...] = (
     "data.validation.path",
     "data.num_workers",
     "features[*].embedding.sharding",
+    # where the same weights live and how they are computed (a resume may move devices)
+    "features[*].embedding.compute_kernel",
+    "features[*].embedding.cache_load_factor",
+    "train.precision",
+    "train.planner",
+    "train.planner.hbm_cap_gb",
+    "train.planner.ddr_cap_gb",
+    "train.dist_timeout_s",
 )
 _MAX_NAMED_CHANGES = 6
 

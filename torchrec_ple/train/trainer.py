@@ -49,12 +49,18 @@ from torchrec_ple.train.checkpoint import (
     save_checkpoint,
     write_best,
 )
-from torchrec_ple.train.distributed import DistContext, init_distributed, shard_model
+from torchrec_ple.train.distributed import (
+    DistContext,
+    PlanEstimate,
+    init_distributed,
+    optimizer_state_per_weight,
+    plan_and_shard,
+)
 from torchrec_ple.train.fit_log import FIT_LOG, RunLog
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
 from torchrec_ple.train.lr_schedule import LrSchedule
 from torchrec_ple.train.metrics import binary_auc, format_metric, task_metrics
-from torchrec_ple.train.pipeline import FiniteLossTrainPipeline
+from torchrec_ple.train.pipeline import FiniteLossTrainPipeline, batch_iterator
 from torchrec_ple.train.run_dir import RunFolder, open_run
 from torchrec_ple.train.select import (
     best_entry,
@@ -86,6 +92,7 @@ class TrainState:
     model: DistributedModelParallel
     optimizer: CombinedOptimizer
     transforms: FeatureTransforms
+    plan_estimate: Optional[PlanEstimate] = None  # the planner's storage per rank (rank 0)
 
 
 def _dense_optimizer(model: DistributedModelParallel, opt: OptimizerSpec) -> KeyedOptimizerWrapper:
@@ -113,14 +120,22 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
         esmm_parents=[names.index(t.esmm) if t.esmm else -1 for t in spec.tasks],
         uncertainty=spec.train.loss_weighting == "uncertainty",
         world_size=ctx.world_size,
+        precision=spec.train.precision,
+        device_type=ctx.device.type,
     )
-    dmp = shard_model(
-        module, transforms.tables(), ctx, spec.train.embedding_optimizer, spec.train.batch_size
+    dmp, estimate = plan_and_shard(
+        module,
+        transforms.tables(),
+        ctx,
+        spec.train.embedding_optimizer,
+        spec.train.batch_size,
+        spec.train.planner,
+        spec.train.precision,
     )
     optimizer = CombinedOptimizer(
         [dmp.fused_optimizer, _dense_optimizer(dmp, spec.train.dense_optimizer)]
     )
-    return TrainState(ctx, dmp, optimizer, transforms)
+    return TrainState(ctx, dmp, optimizer, transforms, estimate)
 
 
 @torch.no_grad()
@@ -142,8 +157,8 @@ def predict_batches(
     model.eval()
     device = state.ctx.device
     parts: Dict[str, List[torch.Tensor]] = {"outputs": [], "labels": [], "masks": []}
-    for batch in loader:
-        _, (_, outputs, labels, masks) = model(batch.to(device))
+    for batch in batch_iterator(loader, device):
+        _, (_, outputs, labels, masks) = model(batch.to(device, non_blocking=True))
         parts["outputs"].append(outputs.float())
         parts["labels"].append(labels)
         parts["masks"].append(masks)
@@ -320,6 +335,7 @@ def fit(
     log: Callable[[str], None] = print,
     resume: bool = False,
     overwrite: bool = False,
+    on_epoch_end: Optional[Callable[[int, List[Dict[str, Any]]], Optional[str]]] = None,
 ) -> Dict[str, Any]:
     """Train a spec and evaluate it on its validation data after every epoch.
 
@@ -342,11 +358,15 @@ def fit(
             > 0) always resumes (starting over while there is no checkpoint yet).
         overwrite (bool): replace an earlier run in ``out_dir``; it is removed only after
             the new run's data was read and its transforms fitted. Default: False.
+        on_epoch_end (Optional[Callable]): called after each epoch's validation with the
+            epoch and the history so far (resumed epochs included); a returned reason stops
+            the run there, as early stopping does (``tune`` prunes trials with it). It must
+            answer alike on every rank. Default: none.
 
     Returns:
         Dict[str, Any]: the content of ``metrics.json``.
     """
-    ctx = init_distributed()
+    ctx = init_distributed(spec.train.dist_timeout_s)
     # rank 0's lines also go to <out>/fit.log, once the folder is checked and locked
     run_log = RunLog(log)
     log = run_log
@@ -442,11 +462,14 @@ def fit(
 
     state = build_state(spec, transforms, ctx)
     if ctx.is_main:
-        mb = ", ".join(f"{b / 2**20:.0f}" for b in table_bytes_per_rank(state))
+        emb_opt = spec.train.embedding_optimizer
+        mb = ", ".join(f"{b / 2**20:.0f}" for b in table_bytes_per_rank(state, emb_opt))
         log(
             f"model: {spec.model.architecture}, {_count_params(state)} parameters, world size "
-            f"{ctx.world_size}, table MB per rank [{mb}]"
+            f"{ctx.world_size}, table MB per rank [{mb}] (with {emb_opt.type} state)"
         )
+        if state.plan_estimate is not None:
+            log(describe_plan(state.plan_estimate))
         from torchrec_ple.threads import describe_threads  # (issue 16) policy and why
 
         log(describe_threads(torch.get_num_threads()))
@@ -454,7 +477,8 @@ def fit(
     skipped: List[Dict[str, Any]] = []
     step, epoch0, batch0 = 0, 0, 0
     mine: Optional[Dict[str, Any]] = None  # this rank's saved state when resuming
-    loss_sum, n_applied = torch.zeros(len(spec.tasks)), 0
+    # the epoch's loss sums stay on the compute device: read at log_every and epoch end only
+    loss_sum, n_applied = torch.zeros(len(spec.tasks), device=ctx.device), 0
     if resume_from is not None:
         # Adam's state only exists after a first step: create it, or loading skips it silently.
         state.optimizer.init_state()
@@ -470,7 +494,12 @@ def fit(
     dense_params = _dense_params(state)
     clip = spec.train.clip_grad_norm
     pipeline = FiniteLossTrainPipeline(
-        state.model, state.optimizer, ctx.device, clip_params=dense_params, clip_grad_norm=clip
+        state.model,
+        state.optimizer,
+        ctx.device,
+        clip_params=dense_params,
+        clip_grad_norm=clip,
+        check_finite=spec.train.on_nonfinite_loss != "off",
     )
     if clip is not None and ctx.is_main:
         log(
@@ -481,6 +510,7 @@ def fit(
     schedule = ExponentialLossWeights(
         [t.weight.initial for t in spec.tasks], [t.weight.decay for t in spec.tasks]
     )
+    device_schedule = schedule.to(ctx.device)  # w0 * gamma**t computed where it is used
     loader: Union[BatchLoader, StreamingBatches]
     if isinstance(train_data, StreamingBatches):
         loader = train_data  # shuffled, ``data.shuffle_buffer`` rows, ``train.seed``
@@ -546,16 +576,17 @@ def fit(
     for epoch in range(epoch0, spec.train.epochs):
         start = batch0 if epoch == epoch0 else 0
         loader.set_epoch(epoch, start_batch=start)
-        batches = iter(loader)
+        batches = batch_iterator(loader, ctx.device)
         state.model.train()
         bar = _progress(len(loader), epoch, show_progress)
         bar.update(start)
-        loss_sum = torch.zeros(len(spec.tasks))
+        loss_sum = torch.zeros(len(spec.tasks), device=ctx.device)
         n_steps = 0
         n_applied = 0
         if epoch == epoch0 and start > 0 and mine is not None:
             # resumed mid-epoch: the epoch's mean train loss covers the steps before too
-            loss_sum = torch.tensor(mine.get("epoch_loss_sum", loss_sum.tolist()))
+            saved_sum = mine.get("epoch_loss_sum", [0.0] * len(spec.tasks))
+            loss_sum = torch.tensor(saved_sum, dtype=torch.float32, device=ctx.device)
             n_applied = int(mine.get("epoch_steps", 0))
         batch_in_epoch = start
         t_epoch = time.perf_counter()
@@ -564,10 +595,9 @@ def fit(
                 stopped = True
                 break
             t = step if spec.train.weight_schedule_unit == "step" else epoch
-            weights = schedule(t)
             if lr_schedule is not None:
                 lr_schedule.apply(step)
-            module.set_task_weights(weights.to(ctx.device))
+            module.set_task_weights(device_schedule(t))
             try:
                 losses, outputs, _, _ = pipeline.progress(batches)
             except StopIteration:
@@ -576,11 +606,10 @@ def fit(
             n_steps += 1
             batch_in_epoch += 1
             samples += outputs.shape[0]
-            step_losses = losses.float().cpu()
             if not pipeline.last_step_applied:
                 # Nothing was updated: the pipeline skipped this step's backward and step.
                 err = _non_finite(
-                    spec, step_losses, step, epoch, batch_in_epoch - 1, loader, ckpt_root
+                    spec, losses.float().cpu(), step, epoch, batch_in_epoch - 1, loader, ckpt_root
                 )
                 if spec.train.on_nonfinite_loss == "stop":
                     raise err
@@ -594,8 +623,8 @@ def fit(
                     )
             else:
                 n_applied += 1
-                loss_sum += step_losses
-            if n_steps % 10 == 0 or batch_in_epoch == len(loader):
+                loss_sum += losses.detach().float()
+            if show_progress and (n_steps % 10 == 0 or batch_in_epoch == len(loader)):
                 bar.set_postfix(
                     {
                         n: f"{v:.4f}"
@@ -604,8 +633,11 @@ def fit(
                 )
             bar.update(1)
             if step % spec.train.log_every == 0:
-                tb = {f"loss/{n}": float(v) for n, v in zip(task_names, step_losses.tolist())}
-                tb.update({f"weight/{n}": float(v) for n, v in zip(task_names, weights.tolist())})
+                step_losses = losses.float().tolist()  # the interval's one copy to the host
+                tb = {f"loss/{n}": float(v) for n, v in zip(task_names, step_losses)}
+                tb.update(
+                    {f"weight/{n}": float(v) for n, v in zip(task_names, schedule(t).tolist())}
+                )
                 tb["samples_per_second"] = samples / max(
                     train_seconds + time.perf_counter() - t_epoch, 1e-9
                 )
@@ -618,6 +650,8 @@ def fit(
                 checkpoint(epoch, batch_in_epoch)
         bar.close()
         train_seconds += time.perf_counter() - t_epoch
+        if hasattr(batches, "close"):
+            batches.close()  # the prefetching thread, when it stopped early (max_steps)
         pipeline.detach()
         if stopped and batch_in_epoch < len(loader):
             checkpoint(epoch, batch_in_epoch)
@@ -648,6 +682,16 @@ def fit(
                 )
         rss = _gather_floats(_rss_mb(), ctx)
         scalars.add({f"memory_mb/rank{r}": v for r, v in enumerate(rss)}, step)
+        gpu_peak = gpu_peak_mb(ctx)
+        if gpu_peak is not None:
+            scalars.add({f"gpu_peak_mb/rank{r}": v for r, v in enumerate(gpu_peak)}, step)
+            if ctx.is_main:
+                plan = state.plan_estimate
+                planned = ", ".join(f"{b / 2**20:.0f}" for b in plan.hbm) if plan else "?"
+                log(
+                    f"gpu memory: peak MB per rank [{', '.join(f'{v:.0f}' for v in gpu_peak)}]; "
+                    f"the plan's estimate for the tables [{planned}]"
+                )
         line = _format_epoch(entry)
         if select is not None:
             score = select_score(select, spec.tasks, entry.get("validation", {}))
@@ -665,6 +709,8 @@ def fit(
             if select is not None and epoch + 1 < spec.train.epochs
             else None
         )
+        if reason is None and on_epoch_end is not None and epoch + 1 < spec.train.epochs:
+            reason = on_epoch_end(epoch, history)
         if reason is not None:
             early_stopped = {"epoch": epoch, "step": step, "reason": reason}
             if ctx.is_main:
@@ -690,7 +736,22 @@ def fit(
             "world_size": ctx.world_size,
             "data_seconds": prep_seconds,
             "max_rss_mb_per_rank": _gather_floats(_rss_mb(), ctx),
-            "table_mb_per_rank": [b / 2**20 for b in table_bytes_per_rank(state)],
+            "table_mb_per_rank": [
+                b / 2**20
+                for b in table_bytes_per_rank(
+                    state, spec.train.embedding_optimizer, spec.train.dense_optimizer
+                )
+            ],
+            "gpu_peak_mb_per_rank": gpu_peak_mb(ctx),
+            "plan_mb_per_rank": (
+                {
+                    "hbm": [b / 2**20 for b in state.plan_estimate.hbm],
+                    "ddr": [b / 2**20 for b in state.plan_estimate.ddr],
+                    "kernels": state.plan_estimate.kernels,
+                }
+                if state.plan_estimate is not None
+                else None
+            ),
             "resumed_from": resume_from.name if resume_from is not None else None,
             "stopped_at_max_steps": stopped,
             "skipped_steps": len(skipped),
@@ -921,7 +982,7 @@ def evaluate(
         Dict[str, Any]: ``{"tasks", "rows", "checkpoint"}``; ``checkpoint`` says which
         (see :func:`describe_checkpoint`).
     """
-    ctx = init_distributed()
+    ctx = init_distributed(spec.train.dist_timeout_s if spec is not None else None)
     ckpt, transforms_path = resolve_checkpoint(Path(checkpoint), which)
     if spec is None:
         from torchrec_ple.serving.export import load_saved_spec
@@ -1163,21 +1224,62 @@ def _format_epoch(entry: Dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def table_bytes_per_rank(state: TrainState) -> List[int]:
-    """Embedding-table weight bytes each rank holds under the sharding plan (fp32)."""
+def table_bytes_per_rank(
+    state: TrainState,
+    embedding_optimizer: Optional[OptimizerSpec] = None,
+    dense_optimizer: Optional[OptimizerSpec] = None,
+) -> List[int]:
+    """Embedding-table bytes each rank holds under the sharding plan (fp32): the weights,
+    and with an optimizer given its state (Adam 2x, Adagrad 1x, row-wise Adagrad one per
+    row). Data-parallel tables are full replicas trained by the dense optimizer."""
+
+    def per_weight(opt: Optional[OptimizerSpec], dim: int) -> float:
+        if opt is None:
+            return 1.0
+        kind = "adam" if opt.type == "adamw" else opt.type
+        return 1.0 + optimizer_state_per_weight(kind, dim)
+
     per_rank = [0] * state.ctx.world_size
     sizes = {t.config_name: (t.num_embeddings, t.dim) for t in state.transforms.tables()}
     for module_plan in state.model.plan.plan.values():
         for name, ps in module_plan.items():  # type: ignore[union-attr]
             spec = ps.sharding_spec
+            rows, dim = sizes[name]
             if spec is None:  # data-parallel: a full replica on every rank
-                rows, dim = sizes[name]
-                per_rank = [b + rows * dim * 4 for b in per_rank]
+                full = int(rows * dim * 4 * per_weight(dense_optimizer, dim))
+                per_rank = [b + full for b in per_rank]
                 continue
             for shard in spec.shards:
                 rank = shard.placement.rank()
-                per_rank[rank] += int(np.prod(shard.shard_sizes)) * 4
+                weights = int(np.prod(shard.shard_sizes))
+                cols = int(shard.shard_sizes[-1])
+                per_rank[rank] += int(weights * 4 * per_weight(embedding_optimizer, cols))
     return per_rank
+
+
+def describe_plan(estimate: PlanEstimate) -> str:
+    """One line: the planner's kernels and its storage estimate per rank against its caps."""
+
+    def mb(values: List[int]) -> str:
+        return "[" + ", ".join(f"{v / 2**20:.0f}" for v in values) + "]"
+
+    kernels = ", ".join(f"{k.removeprefix('t_')}={v}" for k, v in sorted(estimate.kernels.items()))
+    caps = ", ".join(
+        f"{name} cap {cap / 2**30:.1f} GiB"
+        for name, cap in (("hbm", estimate.hbm_cap), ("ddr", estimate.ddr_cap))
+        if cap is not None
+    )
+    return (
+        f"plan: {kernels}; estimate MB per rank: hbm {mb(estimate.hbm)}, ddr "
+        f"{mb(estimate.ddr)} (weights, optimizer state, buffers; {caps})"
+    )
+
+
+def gpu_peak_mb(ctx: DistContext) -> Optional[List[float]]:
+    """Every rank's peak GPU memory allocated so far, in MiB (all ranks call); None on CPU."""
+    if ctx.device.type != "cuda":
+        return None
+    return _gather_floats(torch.cuda.max_memory_allocated(ctx.device) / 2**20, ctx)
 
 
 def _count_params(state: TrainState) -> int:
