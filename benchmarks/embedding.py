@@ -5,7 +5,7 @@
 backward and optimizer step. Contenders (same batches, alternated in rounds):
 
 * ``trec_adagrad`` / ``trec_rowwise``: this project's path: ``EmbeddingBagCollection``
-  sharded by ``torchrec_ple.train.distributed.shard_model`` (DMP, world size 1) with fbgemm's
+  sharded by ``torchrec_ple.train.sharding.shard_model`` (DMP, world size 1) with fbgemm's
   fused EXACT_ADAGRAD / EXACT_ROWWISE_ADAGRAD (the update happens inside backward);
 * ``nn_dense``: ``nn.EmbeddingBag`` with dense gradients + ``torch.optim.Adagrad``;
 * ``nn_sparse``: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad`` (sparse update);
@@ -56,7 +56,8 @@ from benchmarks.fit import quiet_logs
 from torchrec_ple.data.transforms import TableInfo
 from torchrec_ple.models.builder import embedding_bag_configs
 from torchrec_ple.spec.schema import OptimizerSpec
-from torchrec_ple.train.distributed import init_distributed, shard_model
+from torchrec_ple.train.distributed import init_distributed
+from torchrec_ple.train.sharding import shard_model
 
 TARGET_VS_DENSE = 5.0
 TARGET_VS_SPARSE = 1.3

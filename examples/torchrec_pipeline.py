@@ -35,11 +35,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper  # noq
 
 from torchrec_ple.data.batch import MultiTaskBatch  # noqa: E402
 from torchrec_ple.modules import PLE, TaskTowers  # noqa: E402
-from torchrec_ple.train.distributed import (  # noqa: E402
-    PlannedEmbeddingBagCollectionSharder,
-    quiet_known_warnings,
-)
+from torchrec_ple.train.distributed import quiet_known_warnings  # noqa: E402
 from torchrec_ple.train.loss import masked_task_losses  # noqa: E402
+from torchrec_ple.train.sharding import PlannedEmbeddingBagCollectionSharder  # noqa: E402
 
 NUM_IDS, DIM, DENSE, TASKS, BATCH = 10_000, 16, 8, 2, 256
 

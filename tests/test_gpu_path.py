@@ -34,7 +34,7 @@ from torchrec_ple.data.validate import fit_and_encode
 from torchrec_ple.spec import SpecError, load_spec
 from torchrec_ple.spec.schema import OptimizerSpec, PlannerSpec
 from torchrec_ple.train import device as device_mod
-from torchrec_ple.train import distributed
+from torchrec_ple.train import distributed, sharding
 from torchrec_ple.train.device import SetupError
 from torchrec_ple.train.distributed import DistContext
 from torchrec_ple.train.pipeline import FiniteLossTrainPipeline, PrefetchedBatches, batch_iterator
@@ -204,7 +204,7 @@ def test_plan_counts_the_optimizer_state() -> None:
     rows, dim = 20_000, 64
     ddr = {}
     for opt in ("sgd", "rowwise_adagrad", "adagrad", "adam"):
-        _, estimate = distributed.plan_sharding(
+        _, estimate = sharding.plan_sharding(
             _Lookup(rows, dim), [_table(rows, dim)], CPU, OptimizerSpec(opt, lr=0.1), 128
         )
         assert estimate is not None and estimate.kernels == {"t_x": "fused"}
@@ -220,20 +220,20 @@ def test_plan_counts_the_optimizer_state() -> None:
 def test_planner_gets_the_memory_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     distributed.init_distributed()
     seen: List[Any] = []
-    create = distributed.TopologyFactory.create_topology
+    create = sharding.TopologyFactory.create_topology
 
     def spy(trainer_config: Any, **kw: Any) -> Any:
         seen.append(trainer_config)
         return create(trainer_config=trainer_config, **kw)
 
-    monkeypatch.setattr(distributed.TopologyFactory, "create_topology", spy)
+    monkeypatch.setattr(sharding.TopologyFactory, "create_topology", spy)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    _, est = distributed.plan_sharding(
+    _, est = sharding.plan_sharding(
         _Lookup(), [_table()], CPU, OptimizerSpec("sgd", lr=0.1), 128, PlannerSpec(3.5, 7.0)
     )
     assert seen[-1].hbm_cap_bytes == int(3.5 * 2**30) and seen[-1].ddr_cap_bytes == 7 * 2**30
     assert est is not None and est.ddr_cap == 7 * 2**30
-    distributed.plan_sharding(_Lookup(), [_table()], CPU, OptimizerSpec("sgd", lr=0.1), 128)
+    sharding.plan_sharding(_Lookup(), [_table()], CPU, OptimizerSpec("sgd", lr=0.1), 128)
     assert seen[-1].hbm_cap_bytes is None  # CPU: no HBM
     assert seen[-1].ddr_cap_bytes == device_mod.host_memory_bytes()
     # on a GPU: the device's memory, and the host's RAM shared by the node's ranks
@@ -249,7 +249,7 @@ def test_planner_gets_the_memory_caps(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plan_that_does_not_fit_is_one_line() -> None:
     distributed.init_distributed()
     with pytest.raises(SetupError) as e:
-        distributed.plan_sharding(
+        sharding.plan_sharding(
             _Lookup(),
             [_table()],
             CPU,
@@ -263,7 +263,7 @@ def test_plan_that_does_not_fit_is_one_line() -> None:
 
 def test_compute_kernel_and_cache_load_factor_reach_the_constraints() -> None:
     def one(table: TableInfo, device_type: str = "cuda") -> Any:
-        return distributed.constraints([table], 2, device_type)["t_x"]
+        return sharding.constraints([table], 2, device_type)["t_x"]
 
     uvm = _table(compute_kernel="fused_uvm_caching", cache_load_factor=0.3)
     got = one(uvm)
@@ -312,11 +312,11 @@ def test_compute_kernel_spec_checks() -> None:
 def test_weight_decay_per_embedding_optimizer() -> None:
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 
-    rw = distributed.fused_params(OptimizerSpec("rowwise_adagrad", lr=0.1, weight_decay=0.01))
+    rw = sharding.fused_params(OptimizerSpec("rowwise_adagrad", lr=0.1, weight_decay=0.01))
     assert rw["weight_decay"] == 0.01 and rw["weight_decay_mode"] == WeightDecayMode.L2
-    adam = distributed.fused_params(OptimizerSpec("adam", lr=0.1, weight_decay=0.01))
+    adam = sharding.fused_params(OptimizerSpec("adam", lr=0.1, weight_decay=0.01))
     assert adam["weight_decay"] == 0.01 and "weight_decay_mode" not in adam  # decoupled
-    assert "weight_decay" not in distributed.fused_params(OptimizerSpec("adagrad", lr=0.1))
+    assert "weight_decay" not in sharding.fused_params(OptimizerSpec("adagrad", lr=0.1))
     for opt in ("adagrad", "sgd"):
         with pytest.raises(SpecError) as e:
             load_spec(
@@ -354,7 +354,7 @@ def test_table_weight_decay_on_cpu_is_refused_as_fbgemm_ignores_it() -> None:
     distributed.init_distributed()
     opt = OptimizerSpec("rowwise_adagrad", lr=0.1, weight_decay=0.5)
     with pytest.raises(SetupError) as e:
-        distributed.shard_model(_Lookup(10, 4), [_table(10, 4)], CPU, opt, 2)
+        sharding.shard_model(_Lookup(10, 4), [_table(10, 4)], CPU, opt, 2)
     _one_line(str(e.value))
     assert str(e.value).startswith("train.embedding_optimizer.weight_decay: expected 0 on CPU")
 

@@ -348,7 +348,7 @@ def test_model_scripts_and_traces_with_the_fast_path() -> None:
 def test_auto_tables_are_table_wise_alone_and_never_silently_data_parallel() -> None:
     from torchrec.distributed.types import ShardingType
 
-    from torchrec_ple.train.distributed import auto_sharding_types
+    from torchrec_ple.train.sharding import auto_sharding_types
 
     assert auto_sharding_types(1) == [ShardingType.TABLE_WISE.value]
     many = auto_sharding_types(4)

@@ -49,13 +49,7 @@ from torchrec_ple.train.checkpoint import (
     save_checkpoint,
     write_best,
 )
-from torchrec_ple.train.distributed import (
-    DistContext,
-    PlanEstimate,
-    init_distributed,
-    optimizer_state_per_weight,
-    plan_and_shard,
-)
+from torchrec_ple.train.distributed import DistContext, init_distributed
 from torchrec_ple.train.fit_log import FIT_LOG, RunLog
 from torchrec_ple.train.loss import ExponentialLossWeights, MultiTaskTrainModule
 from torchrec_ple.train.lr_schedule import LrSchedule
@@ -68,6 +62,7 @@ from torchrec_ple.train.select import (
     early_stop_reason,
     select_score,
 )
+from torchrec_ple.train.sharding import PlanEstimate, optimizer_state_per_weight, plan_and_shard
 
 logger = logging.getLogger("torchrec_ple")
 
