@@ -8,7 +8,9 @@ each with a keep-alive ``http.client`` connection, send a fixed number of ``POST
 requests (loopback only) with 1 or 100 entity keys (users drawn at random, ~4% unknown to
 Feast), after a warm-up. Latency is measured by the client; the split comes from each
 response's ``Server-Timing`` header (its batch's ``feature_read`` (Feast online read),
-``transforms``, ``model``, and the request's ``queue`` wait), medians over requests.
+``transforms``, ``model``, and the request's ``queue`` wait), medians over requests;
+``batch rows`` is the mean size of the micro-batch a request was scored in
+(``X-Batch-Rows``).
 
 Configs (one server each): micro-batching with ``--batch-wait-us`` (default 1000) at
 every concurrency and request size; for single-entity requests at concurrency 8 and 32,
@@ -186,7 +188,7 @@ def run_load(host: str, port: int, bodies: List[bytes], concurrency: int) -> Dic
     lock = threading.Lock()
     state: Dict[str, Any] = {"next": 0, "errors": 0, "first_error": ""}
     latencies: List[float] = []
-    stages: Dict[str, List[float]] = {s: [] for s in STAGES}
+    stages: Dict[str, List[float]] = {s: [] for s in STAGES + ("batch_rows",)}
 
     def worker() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -208,12 +210,14 @@ def run_load(host: str, port: int, bodies: List[bytes], concurrency: int) -> Dic
                     state["errors"] += 1
                     state["first_error"] = state["first_error"] or payload.decode()[:300]
                 continue
-            mine.append((ms, _timing(response.getheader("Server-Timing"))))
+            timing = _timing(response.getheader("Server-Timing"))
+            timing["batch_rows"] = float(response.getheader("X-Batch-Rows") or "nan")
+            mine.append((ms, timing))
         conn.close()
         with lock:
             for ms, timing in mine:
                 latencies.append(ms)
-                for s in STAGES:
+                for s in stages:
                     stages[s].append(timing.get(s, 0.0))
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -249,6 +253,8 @@ def summarize(result: Dict[str, Any], rows: int) -> Dict[str, Any]:
     }
     for s in STAGES:
         out[f"{s}_ms"] = median(result["stages_ms"][s])
+    rows_seen = result["stages_ms"]["batch_rows"]
+    out["mean_batch_rows"] = sum(rows_seen) / len(rows_seen) if rows_seen else float("nan")
     return out
 
 
@@ -376,11 +382,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def print_table(results: List[Dict[str, Any]]) -> None:
-    headers = ["config", "rows/req", "conc", "req/s", "rows/s", "p50 ms", "p99 ms"]
+    headers = ["config", "rows/req", "conc", "req/s", "rows/s", "p50 ms", "p99 ms", "batch rows"]
     headers += [f"{s} ms" for s in STAGES] + ["server CPU ms/req", "errors"]
     rows = [
         [r["config"], r["rows"], r["c"], fmt(r["requests_per_s"]), fmt(r["rows_per_s"])]
-        + [fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1)]
+        + [fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1), fmt(r["mean_batch_rows"], 1)]
         + [fmt(r[f"{s}_ms"], 2) for s in STAGES]
         + [fmt(r["server_cpu_ms"], 2), r["errors"]]
         for r in results

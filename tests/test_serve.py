@@ -226,6 +226,7 @@ BAD_REQUESTS: List[Tuple[str, Any, int, str, str]] = [
     # (what, body (bytes: sent as is), status, field, part of the message)
     ("not JSON", b"{user: 1}", 400, "body", "invalid JSON"),
     ("empty body", b"", 400, "body", "found an empty body"),
+    ("nested too deep", b"[" * 100_000, 400, "body", "invalid JSON"),
     ("not an object", b"[1, 2]", 400, "body", "found list"),
     ("neither key", {}, 422, "body", "exactly one of 'entities' or 'features', found neither"),
     ("both keys", {"entities": [], "features": []}, 422, "body", "found both"),
@@ -260,6 +261,13 @@ BAD_REQUESTS: List[Tuple[str, Any, int, str, str]] = [
         422,
         "features[0].city_id",
         "an integer id or null, found 1.5",
+    ),
+    (
+        "id beyond int64",
+        {"features": [{"age": 31, "city_id": 2**64, "history": [], "country": "de"}]},
+        422,
+        "features[0].city_id",
+        "an integer id or null, found 18446744073709551616",
     ),
     (
         "list of objects",
@@ -316,6 +324,8 @@ def test_bad_requests(models) -> None:
         # the server lives on: a good request still scores, every refusal was counted
         got, _, out = call(addr, "POST", "/score", good)
         assert got == 200 and len(out["scores"]) == 1
+        big = {"features": [dict(good["features"][0], age=2**60)]}  # a number, not exact
+        assert call(addr, "POST", "/score", big)[0] == 200
         _, _, text = call(addr, "GET", "/metrics")
         errors = sum(
             _metric(text, "torchrec_ple_request_errors_total", endpoint="/score", status=s)

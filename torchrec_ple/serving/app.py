@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Set, Tuple
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -30,7 +30,7 @@ from torchrec_ple.serving.score_request import (
     parse_body,
     parse_score_request,
 )
-from torchrec_ple.serving.server import ModelHolder, ServeSettings
+from torchrec_ple.serving.server import ModelHolder, ServeSettings, freeze_heap
 from torchrec_ple.spec.errors import DataError, SpecError
 
 logger = logging.getLogger("torchrec_ple")
@@ -119,7 +119,10 @@ class _App:
             ), 500
         self.metrics.queue_wait(scored.queue_s)
         total = time.perf_counter() - t0
-        headers = {"Server-Timing": _server_timing(scored, total)}
+        headers = {
+            "Server-Timing": _server_timing(scored, total),
+            "X-Batch-Rows": str(scored.batch_rows),
+        }
         return _json(_score_payload(scored), 200, headers), 200
 
     def _refused_value(self, e: Exception, kind: str) -> Response:
@@ -145,7 +148,9 @@ class _App:
             message = (
                 f"a loadable model folder, found {_one_line(e)} (still serving version {before})"
             )
+            logger.warning("reload of %s refused: %s", self.settings.model_dir, message)
             return _error(409, "model_dir", message), 409
+        freeze_heap()  # on the loop, between batches: the old model is garbage now
         self.metrics.reload(True, old, new)
         logger.warning("reloaded %s: version %s -> %s", self.settings.model_dir, old, new)
         return _json({"version": new, "previous": old, "seconds": round(seconds, 3)}), 200
@@ -176,6 +181,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings, url: str = "") -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _handle_sighup(state)
+        freeze_heap()  # no full collection of the loaded libraries while serving
         if url:
             m = holder.current
             print(
@@ -186,7 +192,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings, url: str = "") -> F
         try:
             yield
         finally:
-            state.batcher.flush()  # requests still pending are answered, not dropped
+            state.batcher.drain()  # requests still pending are answered, not dropped
 
     app = FastAPI(title="torchrec-ple", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serve = state
@@ -198,7 +204,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings, url: str = "") -> F
     @app.post("/score")
     async def score(request: Request) -> Response:
         t0 = time.perf_counter()
-        response, status = await state.score(await request.body())
+        limit = settings.max_body_bytes
+        body = await _read_body(request, limit)
+        if body is None:
+            response, status = _error(413, "body", f"at most {limit} bytes, found more"), 413
+        else:
+            response, status = await state.score(body)
         return timed("/score", response, status, t0)
 
     @app.post("/reload")
@@ -239,14 +250,31 @@ def create_app(holder: ModelHolder, settings: ServeSettings, url: str = "") -> F
     return app
 
 
+async def _read_body(request: Request, limit: int) -> Optional[bytes]:
+    """The body, or None once it passes ``limit`` bytes (read no further)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
 def _handle_sighup(state: _App) -> None:
     """``kill -HUP <pid>`` reloads the model (main thread only; elsewhere: not installed)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         return
     loop = asyncio.get_running_loop()
+    running: Set[asyncio.Task[Any]] = set()  # the loop keeps only weak references
 
     def on_hup() -> None:
-        asyncio.ensure_future(state.reload())
+        task = loop.create_task(state.reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)

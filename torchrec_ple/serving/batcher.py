@@ -137,25 +137,35 @@ class MicroBatcher:
             self._timer = loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Score every pending request now, in batches of up to ``max_batch_rows`` rows."""
-        self._timer = None
-        while self._pending:
-            batch: List[_Item] = []
-            rows = 0
-            while self._pending and (not batch or rows < self._max_rows):
-                item = self._pending.popleft()
-                n = len(item.request.rows)
-                self._rows -= n
-                if item.future.done():  # cancelled: the client went away
-                    continue
-                if batch and rows + n > self._max_rows:
-                    self._pending.appendleft(item)
-                    self._rows += n
-                    break
+        """Score the next batch of pending requests (up to ``max_batch_rows`` rows) now.
+
+        More pending requests are scored by the next call, scheduled at once: in between,
+        the loop sends this batch's answers and reads new requests.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch: List[_Item] = []
+        rows = 0
+        while self._pending and (not batch or rows < self._max_rows):
+            item = self._pending[0]
+            n = len(item.request.rows)
+            if batch and rows + n > self._max_rows:
+                break
+            self._pending.popleft()
+            self._rows -= n
+            if not item.future.done():  # done: cancelled, the client went away
                 batch.append(item)
                 rows += n
-            if batch:
-                self._score(batch)
+        if self._pending:
+            self._timer = asyncio.get_running_loop().call_soon(self.flush)
+        if batch:
+            self._score(batch)
+
+    def drain(self) -> None:
+        """Score every pending request (at shutdown)."""
+        while self._pending:
+            self.flush()
 
     def _score(self, items: List[_Item]) -> None:
         model = self._current()  # one model per batch, whatever a reload does meanwhile

@@ -264,8 +264,8 @@ def rows_table(
 
 
 def _typed_array(values: List[Any], kind: str, item: str) -> pa.Array:
-    if kind == NUMBER:
-        return pa.array(values, pa.float64())
+    if kind == NUMBER:  # ints above 2**53 are not exact doubles: Arrow refuses them
+        return pa.array([float(v) if isinstance(v, int) else v for v in values], pa.float64())
     if kind == ID:
         return pa.array(values, pa.int64())
     if kind == TEXT:

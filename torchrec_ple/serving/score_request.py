@@ -81,7 +81,7 @@ def parse_body(body: bytes, max_bytes: int) -> Dict[str, Any]:
         raise RequestError(400, "body", "a JSON object, found an empty body")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RequestError(400, "body", f"a JSON object, found invalid JSON ({reason})") from None
     if not isinstance(data, dict):
@@ -213,12 +213,16 @@ def _check_features(
             raise RequestError(422, f"{where}.{c}", f"{problem}, found {_show(row[c])}")
 
 
+_INT64 = 2**63
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer that fits int64 (JSON has no bound; the ids and join keys do)."""
+    return isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v < _INT64
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, float) or _is_int(v)
 
 
 def _value_problem(value: Any, kind: str, item: str) -> Optional[str]:
