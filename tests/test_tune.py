@@ -24,6 +24,7 @@ optuna = pytest.importorskip("optuna")
 
 from torchrec_ple.spec.schema import TunePruneSpec  # noqa: E402
 from torchrec_ple.train import tune_space  # noqa: E402
+from torchrec_ple.train.checkpoint import latest_checkpoint  # noqa: E402
 from torchrec_ple.train.tune_worker import Pruner  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -344,7 +345,7 @@ def test_killed_parallel_tune_resumes_the_same_study(tmp_path: Path) -> None:
         trials = _studies(out)["ple"].trials
         running = [t for t in trials if t.state == states.RUNNING and "run_dir" in t.user_attrs]
         return len({t.user_attrs.get("pid") for t in trials} - {None}) == 2 and any(
-            list((out / t.user_attrs["run_dir"] / "checkpoints").glob("step_*")) for t in running
+            latest_checkpoint(out / t.user_attrs["run_dir"] / "checkpoints") for t in running
         )
 
     try:
@@ -358,6 +359,10 @@ def test_killed_parallel_tune_resumes_the_same_study(tmp_path: Path) -> None:
     _wait(lambda: not any(_alive(p) for p in pids), 20, "the workers to die with tune")
     killed = [t for t in trials if t.state == states.RUNNING]
     assert killed
+    killed_with_checkpoint = [
+        k.number for k in killed if latest_checkpoint(out / k.user_attrs["run_dir"] / "checkpoints")
+    ]
+    assert killed_with_checkpoint
     assert main(["tune", str(spec), "--out", str(out)]) == 0  # the same command continues
     ple = _studies(out)["ple"]
     done = [t for t in ple.trials if t.state == states.COMPLETE]
@@ -368,12 +373,11 @@ def test_killed_parallel_tune_resumes_the_same_study(tmp_path: Path) -> None:
         retry = next(t for t in ple.trials if t.user_attrs.get("retry_of") == k.number)
         assert retry.state == states.COMPLETE
         assert retry.params == k.params and retry.user_attrs["run_dir"] == k.user_attrs["run_dir"]
-    resumed = [
-        k
-        for k in killed
-        if "resumed from" in (out / k.user_attrs["run_dir"] / "fit.log").read_text()
-    ]
-    assert resumed  # the trial with a checkpoint continued it, not started over
+    for k in killed:  # one with a complete checkpoint continued it, not started over
+        log = (out / k.user_attrs["run_dir"] / "fit.log").read_text()
+        assert ("resumed from" in log) == (k.number in killed_with_checkpoint), log
+    md = (out / "tune.md").read_text()
+    assert f"#{killed[0].number}: interrupted (its tune was killed); run again as #" in md
     assert (out / "pareto.png").read_bytes().startswith(PNG)
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torchrec_ple.spec.errors import SpecError
 
@@ -123,19 +123,68 @@ def tune(
     Raises:
         SpecError, DataError: one line, before any trial (bad spec, folder, storage).
     """
-    from torchrec_ple.train import tune_study as ts
-    from torchrec_ple.train.run_dir import RunLock
-    from torchrec_ple.train.tune_space import architectures as default_archs
-    from torchrec_ple.train.tune_space import base_spec
-
     if jobs < 1:
         raise SpecError("--jobs", "an int >= 1", str(jobs))
     if trials is not None and trials < 1:
         raise SpecError("--trials", "an int >= 1", str(trials))
     folder = Path(out)
+    run, everything, base, lock = _open(
+        spec_path,
+        folder,
+        list(overrides or []),
+        trials,
+        architectures,
+        storage,
+        study,
+        overwrite,
+        log,
+    )
+    log(_header(run, base, jobs))
+    t0 = time.perf_counter()
+    try:
+        rc = _run_trials(run, jobs, log)
+        result = _report(folder, everything, base, log)
+    except KeyboardInterrupt:
+        _report(folder, everything, base, log)
+        log(
+            f"interrupted after {time.perf_counter() - t0:.0f} s; the running trials are queued "
+            f"again: run the same command to continue the study in {folder}"
+        )
+        return 130
+    finally:
+        lock.release()
+    log(
+        f"{time.perf_counter() - t0:.0f} s; wrote {folder}/tune.md, pareto.png, best.yaml, trials.csv"
+    )
+    if rc:
+        return rc
+    return 0 if result.get("chosen") else 1
+
+
+def _open(
+    spec_path: Path,
+    folder: Path,
+    overrides: List[str],
+    trials: Optional[int],
+    architectures: Optional[List[str]],
+    storage: Optional[str],
+    study: Optional[str],
+    overwrite: bool,
+    log: Callable[[str], None],
+) -> Tuple[Any, Any, Any, Any]:
+    """Check and lock the folder, load the spec, create or continue the studies.
+
+    Returns:
+        Tuple: this run's :class:`TuneRun`, the same over every architecture of the folder
+        (for the record and the reports), the spec, and the folder's lock.
+    """
+    from torchrec_ple.train import tune_study as ts
+    from torchrec_ple.train.run_dir import RunLock
+    from torchrec_ple.train.tune_space import architectures as default_archs
+    from torchrec_ple.train.tune_space import base_spec
+
     record = ts.prepare_folder(folder, spec_path, overwrite)  # before the spec or data
     ts.require_optuna()
-    overrides = list(overrides or [])
     base = base_spec(spec_path, overrides)
     assert base.tune is not None
     earlier = record if record is not None and not overwrite else {}
@@ -154,34 +203,19 @@ def tune(
     if earlier:
         _check_continuation(folder, base)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(folder)  # one tune at a time writes the folder; the CLI releases it
-    if overwrite and record is not None:
-        ts.remove_earlier(folder, ts.TuneRun(**{**record, "out": run.out}), log)
-    elif not earlier:
-        _refuse_foreign_studies(run)
-    ts.write_record(folder, everything, base)
-    (folder / ts.TRIALS_DIR).mkdir(exist_ok=True)
-    ts.recover_interrupted(ts.open_studies(everything, base), run, log)
-    log(_header(run, base, ts.open_studies(run, base), jobs))
-    t0 = time.perf_counter()
+    lock = RunLock(folder)  # one tune at a time writes the folder
     try:
-        rc = _run_trials(run, jobs, log)
-    except KeyboardInterrupt:
-        _report(folder, everything, base, log)
-        log(
-            f"interrupted after {time.perf_counter() - t0:.0f} s; the running trials are queued "
-            f"again: run the same command to continue the study in {folder}"
-        )
-        return 130
-    finally:
-        del lock
-    result = _report(folder, everything, base, log)
-    log(
-        f"{time.perf_counter() - t0:.0f} s; wrote {folder}/tune.md, pareto.png, best.yaml, trials.csv"
-    )
-    if rc:
-        return rc
-    return 0 if result.get("chosen") else 1
+        if overwrite and record is not None:
+            ts.remove_earlier(folder, ts.TuneRun(**{**record, "out": run.out}), log)
+        elif not earlier:
+            _refuse_foreign_studies(run)
+        ts.write_record(folder, everything, base)
+        (folder / ts.TRIALS_DIR).mkdir(exist_ok=True)
+        ts.recover_interrupted(ts.open_studies(everything, base), run, log)
+    except BaseException:
+        lock.release()
+        raise
+    return run, everything, base, lock
 
 
 def _check_continuation(folder: Path, base: Any) -> None:
@@ -215,12 +249,13 @@ def _refuse_foreign_studies(run: Any) -> None:
         )
 
 
-def _header(run: Any, base: Any, studies: Dict[str, Any], jobs: int) -> str:
+def _header(run: Any, base: Any, jobs: int) -> str:
     from torchrec_ple.threads import available_cores
     from torchrec_ple.train.tune_space import objectives
+    from torchrec_ple.train.tune_study import open_studies
 
     done = []
-    for arch, s in studies.items():
+    for arch, s in open_studies(run, base).items():
         n = sum(t.state.name in ("COMPLETE", "PRUNED") for t in s.get_trials(deepcopy=False))
         done.append(f"{arch} {n}/{run.trials}")
     objs = ", ".join(f"{o.label} ({'max' if o.maximize else 'min'})" for o in objectives(base))
@@ -265,7 +300,8 @@ def _report(folder: Path, run: Any, base: Any, log: Callable[[str], None]) -> Di
     result = write_report(folder, run, base, log)
     for arch, e in result["architectures"].items():
         log(
-            f"{arch}: {e['complete']} complete, {e['pruned']} pruned, {e['failed']} failed; "
+            f"{arch}: {e['complete']} complete, {e['pruned']} pruned, {e['failed']} failed, "
+            f"{e['interrupted']} interrupted; "
             f"front: trials {', '.join(map(str, e['front'])) or '—'}; chosen: {e['chosen']}"
         )
     return result

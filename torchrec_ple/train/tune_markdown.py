@@ -64,13 +64,14 @@ def tune_markdown(result: Dict[str, Any], base: Spec, objs: Sequence[Objective])
     rows = result["trials"]
     by_key = {(r["architecture"], r["trial"]): r for r in rows}
     lines = _intro(result, base, objs)
-    lines += ["| architecture | trials | complete | pruned | failed | front | spec |"]
-    lines += ["|---|---|---|---|---|---|---|"]
+    lines += ["| architecture | trials | complete | pruned | failed | interrupted | front | spec |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
     for arch, e in result["architectures"].items():
         front = ", ".join(map(str, e["front"])) or "—"
         spec = f"`{e['spec']}`" if e["spec"] else "—"
         lines.append(
             f"| {arch} | {e['trials']} | {e['complete']} | {e['pruned']} | {e['failed']} "
+            f"| {e['interrupted']} "
             f"| {front} | {spec} |"
         )
     c = result["chosen"]
@@ -96,10 +97,17 @@ def tune_markdown(result: Dict[str, Any], base: Spec, objs: Sequence[Objective])
     lines += ["", "## Pareto fronts", ""]
     front_rows = [(r["architecture"], r) for r in rows if r["pareto"]]
     lines += _table(front_rows, objs, "architecture") if front_rows else ["none"]
-    failed = [r for r in rows if r["state"] == "FAIL" and r["error"]]
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    retries = {
+        (r["architecture"], r["retry_of"]): r["trial"] for r in rows if r["retry_of"] is not None
+    }
     if failed:
-        lines += ["", "## Failed trials", ""]
-        lines += [f"- {r['architecture']} #{r['trial']}: `{r['error']}`" for r in failed]
+        lines += ["", "## Failed and interrupted trials", ""]
+    for r in failed:
+        again = retries.get((r["architecture"], r["trial"]))
+        what = f"`{r['error']}`" if r["error"] else f"interrupted ({r['interrupted']})"
+        tail = f"; run again as #{again}, from its run folder" if again is not None else ""
+        lines.append(f"- {r['architecture']} #{r['trial']}: {what}{tail}")
     if result.get("notes"):
         lines += ["", *[f"Note: {n}" for n in result["notes"]]]
     if result.get("plot"):

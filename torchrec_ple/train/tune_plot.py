@@ -58,7 +58,7 @@ def plot_pareto(
             ax.text(
                 0.01,
                 0.01,
-                f"{hidden} dominated trials outside the view",
+                f"{hidden} poorer trials outside the view",
                 fontsize=8,
                 transform=ax.transAxes,
                 alpha=0.7,
@@ -74,16 +74,25 @@ def plot_pareto(
 
 
 def _zoom(ax: Any, rows: List[Dict[str, Any]], objs: Sequence[Objective]) -> int:
-    """Frame the fronts (a diverged trial must not squash them); returns the trials left out."""
+    """Frame the fronts and the completed trials, but not those farther below the median
+    than twice the best is above it (a diverged trial would squash the fronts); returns
+    the trials left out of view."""
     a, b = objs[0].column, objs[1].column
     front = [r for r in rows if r["pareto"] and r[a] is not None and r[b] is not None]
+    done = [r for r in rows if r["state"] == "COMPLETE" and r[a] is not None and r[b] is not None]
     shown = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED") and r[a] is not None]
     if not front:
         return 0
     limits = []
-    for key in (a, b):
-        lo, hi = min(r[key] for r in front), max(r[key] for r in front)
-        pad = max(hi - lo, 1e-3 * max(abs(hi), 1e-3)) * 0.6
+    for key, o in ((a, objs[0]), (b, objs[1])):
+        values = sorted(r[key] for r in done)
+        median, best = values[len(values) // 2], (values[-1] if o.maximize else values[0])
+        reach = median - 2 * (best - median)  # below the median for AUC, above it for MSE
+        ends = [r[key] for r in front] + [
+            max(values[0], reach) if o.maximize else min(values[-1], reach)
+        ]
+        lo, hi = min(ends), max(ends)
+        pad = max(hi - lo, 1e-4 * max(abs(hi), 1.0)) * 0.1
         limits.append((lo - pad, hi + pad))
     (x0, x1), (y0, y1) = limits
     ax.set_xlim(x0, x1)

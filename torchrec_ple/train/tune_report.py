@@ -57,7 +57,8 @@ def _row(arch: str, t: Any, base: Spec, objs: Sequence[Objective], front: set) -
         parameters=ua.get("parameters"),
         run_dir=ua.get("run_dir"),
         retry_of=ua.get("retry_of"),
-        error=ua.get("error") or ua.get("interrupted"),
+        error=ua.get("error"),
+        interrupted=ua.get("interrupted"),
     )
     row["params"] = {k: v for k, v in decode_params(t.params, base.tune.params)}
     return row
@@ -101,13 +102,16 @@ def _summary(rows: List[Dict[str, Any]], run: TuneRun, objs: Sequence[Objective]
     archs: Dict[str, Any] = {}
     for arch in run.architectures:
         mine = [r for r in rows if r["architecture"] == arch]
-        counts = {s: sum(r["state"] == s for r in mine) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        counts = {s: sum(r["state"] == s for r in mine) for s in ("COMPLETE", "PRUNED")}
+        interrupted = sum(bool(r["state"] == "FAIL" and r["interrupted"]) for r in mine)
+        counts["FAIL"] = sum(r["state"] == "FAIL" for r in mine) - interrupted
         chosen = _chosen(mine)
         archs[arch] = {
             "trials": len(mine),
             "complete": counts["COMPLETE"],
             "pruned": counts["PRUNED"],
             "failed": counts["FAIL"],
+            "interrupted": interrupted,  # failed by a kill or Ctrl-C, run again as a retry
             "front": [r["trial"] for r in mine if r["pareto"]],
             "chosen": chosen["trial"] if chosen else None,
             "spec": f"{BEST_DIR}/{arch}.yaml" if chosen else None,
@@ -140,7 +144,7 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], objs: Sequence[Objective]
     keys = sorted({k for r in rows for k in r["params"]})
     head = ["architecture", "trial", "state", "pareto"] + [o.column for o in objs]
     head += ["select_score", "best_epoch", "epochs_trained", "pruned_after_epoch", "seconds"]
-    head += ["parameters"] + keys + ["run_dir", "retry_of", "error"]
+    head += ["parameters"] + keys + ["run_dir", "retry_of", "interrupted", "error"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)

@@ -217,7 +217,7 @@ def run_trial(
             on_epoch_end=pruner,
         )
     except KeyboardInterrupt:
-        requeue(study, trial, reason="interrupted")
+        requeue(study, trial, reason="Ctrl-C")
         raise
     except DataError as e:  # the data or the folder: every trial would fail alike
         _fail(study, trial, e, t0)
