@@ -230,6 +230,11 @@ def test_spec_changes_ignore_defaults_written_out_and_resumable_keys(tmp_path: P
         ],
     )
     assert spec_changes(same, saved) == []
+    # fit ignores the tune: block, so a resume may add or change it
+    tuned = load_spec(
+        SPEC, SETTINGS + ["tune={trials: 3, params: [{key: train.epochs, low: 1, high: 3}]}"]
+    )
+    assert spec_changes(tuned, saved) == []
     other = load_spec(SPEC, SETTINGS + ["model.levels=1", "train.batch_size=64"])
     assert spec_changes(other, saved) == [
         "model.levels: run has 2, spec has 1",

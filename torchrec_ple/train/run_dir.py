@@ -91,6 +91,8 @@ RESUMABLE_KEYS: Tuple[str, ...] = (
     "train.planner.ddr_cap_gb",
     "train.dist_timeout_s",
 )
+# whole sections a resume may change: fit ignores ``tune:`` (the search space of ``tune``)
+RESUMABLE_SECTIONS: Tuple[str, ...] = ("tune",)
 _MAX_NAMED_CHANGES = 6
 
 # ----------------------------------------------------------------------- path arguments
@@ -464,7 +466,12 @@ def spec_changes(spec: Any, saved: Path) -> List[str]:
     found: List[Tuple[str, str]] = []
     _diff(run, now, "", found)
     allowed = set(RESUMABLE_KEYS)
-    return [f"{key}: {what}" for key, what in found if _norm_key(key) not in allowed]
+    return [
+        f"{key}: {what}"
+        for key, what in found
+        if _norm_key(key) not in allowed
+        and re.split(r"[.\[]", key, maxsplit=1)[0] not in RESUMABLE_SECTIONS
+    ]
 
 
 # ----------------------------------------------------------------------- the run folder
