@@ -87,13 +87,22 @@ def _user_rows(rng: np.random.Generator) -> pa.Table:
     )
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    root = tmp_path_factory.mktemp("feast_repo")
-    rng = np.random.default_rng(0)
-    pq.write_table(_user_rows(rng), root / "users.parquet")
+def apply_user_repo(root: Path, tags: bool = True) -> FeatureStore:
+    """The users feature repo in ``root`` (users 1..NUM_USERS, seed 0), applied: one entity,
+    the ``user_features`` view and the ``user_service`` service; with ``tags``, the
+    embedding tags a ``source: feast`` spec reads."""
+    pq.write_table(_user_rows(np.random.default_rng(0)), root / "users.parquet")
     store = FeatureStore(config=_config(root))
     user = Entity(name="user", join_keys=["user"], value_type=ValueType.INT64)
+    t = (
+        {
+            "city_id": {"num_embeddings": "20", "embedding_dim": "4"},
+            "history": {"embedding_dim": "4", "pooling": "mean"},
+            "country": {"embedding_dim": "8"},
+        }
+        if tags
+        else {}
+    )
     view = FeatureView(
         name="user_features",
         entities=[user],
@@ -101,19 +110,19 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         source=FileSource(path=str(root / "users.parquet"), timestamp_field="event_timestamp"),
         schema=[
             Field(name="age", dtype=Float32),
-            Field(
-                name="city_id",
-                dtype=Int64,
-                tags={"num_embeddings": "20", "embedding_dim": "4"},
-            ),
-            Field(
-                name="history", dtype=Array(Int64), tags={"embedding_dim": "4", "pooling": "mean"}
-            ),
-            Field(name="country", dtype=String, tags={"embedding_dim": "8"}),
+            Field(name="city_id", dtype=Int64, tags=t.get("city_id", {})),
+            Field(name="history", dtype=Array(Int64), tags=t.get("history", {})),
+            Field(name="country", dtype=String, tags=t.get("country", {})),
         ],
     )
-    service = FeatureService(name="user_service", features=[view])
-    store.apply([user, view, service])
+    store.apply([user, view, FeatureService(name="user_service", features=[view])])
+    return store
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    root = tmp_path_factory.mktemp("feast_repo")
+    store = apply_user_repo(root)
     return {"root": root, "store": store, "service": "user_service"}
 
 

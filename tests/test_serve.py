@@ -532,36 +532,10 @@ def test_cli_serve_errors_are_one_line(models, capsys: pytest.CaptureFixture[str
 def feast_repo(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """tests/test_feast.py's repo (users 1..60), materialized for the TTL before END."""
     pytest.importorskip("feast")
-    from feast import (
-        Entity,
-        FeatureService,
-        FeatureStore,
-        FeatureView,
-        Field,
-        FileSource,
-        ValueType,
-    )
-    from feast.types import Array, Float32, Int64, String
-
-    from tests.test_feast import END, TTL, _config, _user_rows
+    from tests.test_feast import END, TTL, apply_user_repo
 
     root = tmp_path_factory.mktemp("serve_feast")
-    pq.write_table(_user_rows(np.random.default_rng(0)), root / "users.parquet")
-    store = FeatureStore(config=_config(root))
-    user = Entity(name="user", join_keys=["user"], value_type=ValueType.INT64)
-    view = FeatureView(
-        name="user_features",
-        entities=[user],
-        ttl=TTL,
-        source=FileSource(path=str(root / "users.parquet"), timestamp_field="event_timestamp"),
-        schema=[
-            Field(name="age", dtype=Float32),
-            Field(name="city_id", dtype=Int64),
-            Field(name="history", dtype=Array(Int64)),
-            Field(name="country", dtype=String),
-        ],
-    )
-    store.apply([user, view, FeatureService(name="user_service", features=[view])])
+    store = apply_user_repo(root, tags=False)
     store.materialize(END - TTL, END)
     (root / "feature_store.yaml").write_text(
         yaml.safe_dump(
