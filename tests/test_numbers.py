@@ -175,7 +175,8 @@ def test_gate_summary_ignores_rows_outside_every_sample_space() -> None:
     from torchrec_ple.data.validate import fit_and_encode
     from torchrec_ple.spec import load_spec
     from torchrec_ple.train.distributed import init_distributed
-    from torchrec_ple.train.trainer import build_state, gate_summary
+    from torchrec_ple.train.gates import gate_summary
+    from torchrec_ple.train.trainer import build_state
 
     spec = load_spec(
         ROOT / "feature_specs" / "synthetic.yaml",

@@ -30,6 +30,7 @@ from torchrec_ple.spec import (
     TrainSpec,
     VocabSpec,
     WeightSpec,
+    check_train,
     load_spec,
     loader,
     parse_override,
@@ -227,7 +228,7 @@ train:
 
 @pytest.fixture
 def no_cuda():
-    with mock.patch.object(loader, "_cuda_available", lambda: False):
+    with mock.patch.object(check_train, "_cuda_available", lambda: False):
         yield
 
 
@@ -451,7 +452,7 @@ tasks: [{name: ctr, label: click}]
 
 
 def test_fused_adam_allowed_with_cuda() -> None:
-    with mock.patch.object(loader, "_cuda_available", lambda: True):
+    with mock.patch.object(check_train, "_cuda_available", lambda: True):
         spec = parse_spec(BASE, overrides=["train.embedding_optimizer.type=adam"])
     assert spec.train.embedding_optimizer.type == "adam"
 
@@ -822,7 +823,7 @@ def test_mutations_raise_only_spec_errors(data: st.DataObject) -> None:
         else:
             parent[path[-1]] = data.draw(_VALUES)
     text = yaml.dump(root["spec"], Dumper=_Dumper)
-    with mock.patch.object(loader, "_cuda_available", lambda: False):
+    with mock.patch.object(check_train, "_cuda_available", lambda: False):
         try:
             spec = parse_spec(text, Path("/tmp/fuzz/spec.yaml"))
             first = None
