@@ -8,6 +8,7 @@ Feast tests also need feast.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -32,6 +33,9 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
 from tests.conftest import ROOT  # noqa: E402
+from torchrec_ple.serving.batcher import MicroBatcher  # noqa: E402
+from torchrec_ple.serving.online import BatchScores  # noqa: E402
+from torchrec_ple.serving.score_request import ScoreRequest  # noqa: E402
 from torchrec_ple.serving.server import ServeSettings, build_server  # noqa: E402
 
 pytestmark = [
@@ -619,3 +623,52 @@ def test_feast_features_found_by_name_or_refused(models, feast_repo) -> None:
         feast_reader_factory(feast_repo["store"], "no_such_service")(spec)
     with pytest.raises(DataError, match="--fill column"):
         feast_reader_factory(feast_repo["store"], fill={"nope": 0})(spec)
+
+
+class _SlowModel:
+    """Stands in for an OnlineModel: a batch costs ``cost_s`` of blocking work, as scoring does."""
+
+    task_names = ["a"]
+    version = "v"
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s = cost_s
+        self.batches: List[int] = []
+
+    def score_rows(self, rows: List[Dict[str, Any]]) -> BatchScores:
+        time.sleep(self.cost_s)  # blocks the loop, as the real scorer does
+        self.batches.append(len(rows))
+        return BatchScores(np.array([[r["x"]] for r in rows], dtype=np.float32), {})
+
+
+def _closed_loop(batcher: MicroBatcher, clients: int, rounds: int) -> List[List[float]]:
+    """``clients`` clients that each send again once answered; each one's queue waits."""
+
+    async def client(c: int) -> List[float]:
+        waits = []
+        for r in range(rounds):
+            out = await batcher.score(ScoreRequest("features", [{"x": c * 1000 + r}]))
+            assert out.scores[0, 0] == c * 1000 + r  # its own row back
+            waits.append(out.queue_s)
+            await asyncio.sleep(0)  # the answer goes out, the next request comes in
+        return waits
+
+    async def run() -> List[List[float]]:
+        return list(await asyncio.gather(*(client(c) for c in range(clients))))
+
+    return asyncio.run(run())
+
+
+def test_batcher_scores_waiting_clients_together_and_a_lone_one_at_once() -> None:
+    # 8 clients that wait for their answers: once the batcher has seen them, each batch
+    # holds all 8 (not alternating halves that wait for each other), well before wait_us
+    model = _SlowModel(cost_s=0.004)
+    batcher = MicroBatcher(lambda: model, wait_us=200_000)  # type: ignore[arg-type,return-value]
+    waits = _closed_loop(batcher, clients=8, rounds=10)
+    assert model.batches[1:] == [8] * 9, model.batches
+    assert max(w for ws in waits for w in ws[1:]) < 0.1  # no 200 ms wait after the first
+    # a lone client after them waits wait_us once (8 were expected), then not at all
+    model.batches.clear()
+    (lone,) = _closed_loop(batcher, clients=1, rounds=5)
+    assert model.batches == [1] * 5
+    assert lone[0] >= 0.2 and max(lone[1:]) < 0.05, lone
