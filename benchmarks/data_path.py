@@ -26,8 +26,10 @@ os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
 import torchrec_ple  # noqa: F401
 
 # isort: split
+import argparse
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -56,7 +58,7 @@ from benchmarks.fit import quiet_logs
 from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.sources import read_table, spec_columns
 from torchrec_ple.data.transforms import FeatureTransforms
-from torchrec_ple.spec import load_spec
+from torchrec_ple.spec import Spec, load_spec
 from torchrec_ple.threads import describe_threads
 from torchrec_ple.train.distributed import init_distributed
 from torchrec_ple.train.trainer import build_state
@@ -64,19 +66,38 @@ from torchrec_ple.train.trainer import build_state
 TARGET_PERCENT = 10.0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+@dataclass
+class EncodedData:
+    """The census training file of one run: read, encoded and batched once.
+
+    Args:
+        spec (Spec): the loaded census spec.
+        cols (List[str]): the columns the spec reads.
+        table (Any): the training rows as read (a pyarrow Table).
+        transforms (FeatureTransforms): fitted on ``table``.
+        loader (BatchLoader): shuffled batches of the encoded rows.
+        prebuilt (List[MultiTaskBatch]): one epoch of the loader's batches, built beforehand.
+    """
+
+    spec: Spec
+    cols: List[str]
+    table: Any
+    transforms: FeatureTransforms
+    loader: BatchLoader
+    prebuilt: List[MultiTaskBatch]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line: the common benchmark options plus rows, batch and data folder."""
     p = base_parser("data_path", __doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="training rows (200000)")
     p.add_argument("--batch", type=int, default=1024, help="batch size")
     p.add_argument("--data-dir", type=Path, default=None, help="where the Parquet files go")
-    args = p.parse_args(argv)
-    quiet_logs()
-    apply_threads(args.threads)
-    rows = args.rows or (4000 if args.quick else 200_000)
-    rounds = args.rounds or (1 if args.quick else 5)
-    print(thread_line())
-    print(describe_threads(torch.get_num_threads()))
+    return p.parse_args(argv)
 
+
+def prepare_data(args: argparse.Namespace, rows: int) -> EncodedData:
+    """Write (or reuse) the census Parquet and its spec; read, fit, encode and batch it."""
     folder = data_dir(args.data_dir)
     train_path, valid_path = write_census(folder, rows, census_valid_rows(rows), seed=0)
     spec_path = write_yaml(
@@ -87,41 +108,52 @@ def main(argv: Optional[List[str]] = None) -> int:
     cols = spec_columns(spec)
     table = read_table(spec.data.train, cols)
     transforms = FeatureTransforms.fit(spec, table)
-    data = transforms.encode(table)
-    loader = BatchLoader(data, args.batch, shuffle=True, seed=0)
-    steps = len(loader)
-    prebuilt = list(loader)
+    loader = BatchLoader(transforms.encode(table), args.batch, shuffle=True, seed=0)
+    return EncodedData(spec, cols, table, transforms, loader, list(loader))
 
-    def fresh(batches: List[MultiTaskBatch]) -> List[MultiTaskBatch]:
-        """New batch objects over the same tensors: a KeyedJaggedTensor caches what it
-        computes (offsets, lengths per key) on first use, and a reused one would skip that
-        per-step work."""
-        out = []
-        for b in batches:
-            kjt = b.sparse
-            sparse = KeyedJaggedTensor(
-                keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=kjt.stride()
-            )
-            out.append(MultiTaskBatch(b.dense, sparse, b.labels, b.masks))
-        return out
 
+def fresh(batches: List[MultiTaskBatch]) -> List[MultiTaskBatch]:
+    """New batch objects over the same tensors: a KeyedJaggedTensor caches what it
+    computes (offsets, lengths per key) on first use, and a reused one would skip that
+    per-step work."""
+    out = []
+    for b in batches:
+        kjt = b.sparse
+        sparse = KeyedJaggedTensor(
+            keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=kjt.stride()
+        )
+        out.append(MultiTaskBatch(b.dense, sparse, b.labels, b.masks))
+    return out
+
+
+def train_pipeline(data: EncodedData) -> TrainPipelineSparseDist:
+    """The training step of ``fit``: the spec's sharded model and optimizer in a pipeline."""
     ctx = init_distributed()
-    state = build_state(spec, transforms, ctx)
+    state = build_state(data.spec, data.transforms, ctx)
     state.model.train()
-    pipeline = TrainPipelineSparseDist(state.model, state.optimizer, ctx.device)
+    return TrainPipelineSparseDist(state.model, state.optimizer, ctx.device)
 
-    def run_steps(batches: Iterator[MultiTaskBatch]) -> int:
-        n = 0
-        while True:
-            try:
-                pipeline.progress(batches)
-            except StopIteration:
-                break
-            n += 1
-        pipeline.detach()
-        return n
 
-    seconds: Dict[str, List[float]] = {}
+def run_steps(pipeline: TrainPipelineSparseDist, batches: Iterator[MultiTaskBatch]) -> int:
+    """Train on every batch of ``batches``; the number of steps."""
+    n = 0
+    while True:
+        try:
+            pipeline.progress(batches)
+        except StopIteration:
+            break
+        n += 1
+    pipeline.detach()
+    return n
+
+
+def phase_contenders(
+    data: EncodedData,
+    pipeline: TrainPipelineSparseDist,
+    rows: int,
+    seconds: Dict[str, List[float]],
+) -> Dict[str, Callable[[], float]]:
+    """One timed callable per phase (rows/s); each appends its seconds to ``seconds[name]``."""
 
     def timed(name: str, work: int, fn: Callable[[], Any]) -> Callable[[], float]:
         def once() -> float:
@@ -135,24 +167,25 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def timed_prebuilt() -> Callable[[], float]:
         def once() -> float:
-            batches = fresh(prebuilt)  # not timed
-            return timed("train_prebuilt", rows, lambda: run_steps(iter(batches)))()
+            batches = fresh(data.prebuilt)  # not timed
+            return timed("train_prebuilt", rows, lambda: run_steps(pipeline, iter(batches)))()
 
         return once
 
     epoch = itertools.count()
 
     def iterate_loader() -> None:
-        loader.set_epoch(next(epoch))
-        for _ in loader:
+        data.loader.set_epoch(next(epoch))
+        for _ in data.loader:
             pass
 
     def train_loader() -> None:
-        loader.set_epoch(next(epoch))
-        run_steps(iter(loader))
+        data.loader.set_epoch(next(epoch))
+        run_steps(pipeline, iter(data.loader))
 
-    contenders = {
-        "read": timed("read", rows, lambda: read_table(spec.data.train, cols)),
+    spec, table = data.spec, data.table
+    return {
+        "read": timed("read", rows, lambda: read_table(spec.data.train, data.cols)),
         "fit+encode": timed(
             "fit+encode", rows, lambda: FeatureTransforms.fit(spec, table).encode(table)
         ),
@@ -160,47 +193,84 @@ def main(argv: Optional[List[str]] = None) -> int:
         "train_prebuilt": timed_prebuilt(),
         "train_loader": timed("train_loader", rows, train_loader),
     }
-    rates = alternate(contenders, rounds, warmup=True)
-    for name in seconds:  # drop the warm-up call
-        seconds[name] = seconds[name][1:]
 
+
+def summarize(
+    rates: Dict[str, List[float]], seconds: Dict[str, List[float]], steps: int
+) -> Dict[str, Any]:
+    """Median seconds per phase and the data path as % of a training step."""
     med = {n: median(s) for n, s in seconds.items()}
     step_s = med["train_prebuilt"] / steps
     batch_s = med["batches"] / steps
     load_s = med["read"] + med["fit+encode"]
-    per_step_pct = 100 * batch_s / step_s
-    epoch_pct = 100 * (batch_s + load_s / steps) / step_s
-    in_loop_pct = 100 * (paired_ratio(rates["train_prebuilt"], rates["train_loader"]) - 1)
+    return {
+        "median_seconds": med,
+        "step_s": step_s,
+        "batch_s": batch_s,
+        "per_step_pct": 100 * batch_s / step_s,
+        "epoch_pct": 100 * (batch_s + load_s / steps) / step_s,
+        "in_loop_pct": 100 * (paired_ratio(rates["train_prebuilt"], rates["train_loader"]) - 1),
+    }
 
+
+def print_report(
+    rates: Dict[str, List[float]], s: Dict[str, Any], rows: int, batch: int, steps: int
+) -> None:
+    """The phases' table and the verdict lines."""
+    med, step_s = s["median_seconds"], s["step_s"]
     headers = ["phase", "rows/s", "seconds (median)", "ms per batch", "% of a train step"]
     table_rows = []
-    for n in contenders:
+    for n in rates:
         ms = 1000 * med[n] / steps
         pct = 100 * (med[n] / steps) / step_s
         table_rows.append([n, fmt(median(rates[n])), fmt(med[n], 3), fmt(ms, 2), f"{pct:.1f}%"])
     print()
     print(markdown_table(headers, table_rows))
     print()
-    print(f"{rows:,} rows, batch {args.batch}, {steps} steps per epoch")
-    print(f"batch building per step: {per_step_pct:.1f}% of a training step")
-    print(f"measured in the loop (train_loader vs train_prebuilt, paired): {in_loop_pct:+.1f}%")
-    verdict = "PASS" if epoch_pct <= TARGET_PERCENT else "MISS"
+    print(f"{rows:,} rows, batch {batch}, {steps} steps per epoch")
+    print(f"batch building per step: {s['per_step_pct']:.1f}% of a training step")
     print(
-        f"read + fit + encode spread over 1 epoch + batch building: {epoch_pct:.1f}% of a "
+        f"measured in the loop (train_loader vs train_prebuilt, paired): {s['in_loop_pct']:+.1f}%"
+    )
+    verdict = "PASS" if s["epoch_pct"] <= TARGET_PERCENT else "MISS"
+    print(
+        f"read + fit + encode spread over 1 epoch + batch building: {s['epoch_pct']:.1f}% of a "
         f"training step (target <= {TARGET_PERCENT:g}%): {verdict}"
     )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Time the data path's phases against the training step; print and write the results."""
+    args = parse_args(argv)
+    quiet_logs()
+    apply_threads(args.threads)
+    rows = args.rows or (4000 if args.quick else 200_000)
+    rounds = args.rounds or (1 if args.quick else 5)
+    print(thread_line())
+    print(describe_threads(torch.get_num_threads()))
+
+    data = prepare_data(args, rows)
+    steps = len(data.loader)
+    pipeline = train_pipeline(data)
+    seconds: Dict[str, List[float]] = {}
+    rates = alternate(phase_contenders(data, pipeline, rows, seconds), rounds, warmup=True)
+    for name in seconds:  # drop the warm-up call
+        seconds[name] = seconds[name][1:]
+
+    s = summarize(rates, seconds, steps)
+    print_report(rates, s, rows, args.batch, steps)
     results = {
         "rows": rows,
         "batch": args.batch,
         "steps_per_epoch": steps,
         "rows_per_second": rates,
         "seconds": seconds,
-        "median_seconds": med,
-        "train_step_ms": 1000 * step_s,
-        "batch_build_ms": 1000 * batch_s,
-        "batch_build_percent_of_step": per_step_pct,
-        "in_loop_overhead_percent": in_loop_pct,
-        "data_path_percent_of_step_one_epoch": epoch_pct,
+        "median_seconds": s["median_seconds"],
+        "train_step_ms": 1000 * s["step_s"],
+        "batch_build_ms": 1000 * s["batch_s"],
+        "batch_build_percent_of_step": s["per_step_pct"],
+        "in_loop_overhead_percent": s["in_loop_pct"],
+        "data_path_percent_of_step_one_epoch": s["epoch_pct"],
         "target_percent": TARGET_PERCENT,
     }
     path = write_result(out_path("data_path", args), "data_path", args, results)

@@ -28,12 +28,13 @@ os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
 import torchrec_ple  # noqa: F401
 
 # isort: split
+import argparse
 import json
 import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from benchmarks.common import (
     CENSUS_LABELS,
@@ -128,7 +129,8 @@ def load_peers(path: Optional[Path]) -> Optional[Dict[str, Any]]:
         return None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line: the common benchmark options plus datasets, sizes and overrides."""
     p = base_parser("fit", __doc__.splitlines()[0])
     p.add_argument("--datasets", default="census,adult", help="comma list of: census, adult")
     p.add_argument("--rows", type=int, default=None, help="census training rows (200000)")
@@ -144,20 +146,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE")
     p.add_argument("--peers", type=Path, default=RESULTS_DIR / "peers.json", help="merge these")
     p.add_argument("--verbose", action="store_true", help="print fit's own lines")
-    args = p.parse_args(argv)
-    quiet_logs()
-    apply_threads(args.threads)
-    rows = args.rows or (4000 if args.quick else 200_000)
-    valid_rows = census_valid_rows(rows, args.valid_rows)
-    rounds = args.rounds or (1 if args.quick else 3)
-    census_epochs = args.epochs or 1
-    print(thread_line())
-    print(describe_threads(torch_threads()))
+    return p.parse_args(argv)
 
+
+def common_overrides(args: argparse.Namespace) -> List[str]:
+    """The ``--set`` overrides of every dataset: quiet, batch 1024, the model sizes, threads."""
     common = ["train.progress=false", "train.batch_size=1024"] + MODEL_OVERRIDES
     if args.threads:
         common.append(f"train.num_threads={args.threads}")
-    specs: Dict[str, tuple[Path, List[str]]] = {}
+    return common
+
+
+def dataset_specs(
+    args: argparse.Namespace, rows: int, valid_rows: int, census_epochs: int
+) -> Dict[str, Tuple[Path, List[str]]]:
+    """The wanted datasets: name -> (spec file, its own overrides)."""
+    specs: Dict[str, Tuple[Path, List[str]]] = {}
     wanted = args.datasets.split(",")
     if "census" in wanted:
         specs["census"] = (census_spec_file(args, rows, valid_rows, census_epochs), [])
@@ -167,11 +171,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.epochs or args.quick:
             adult.append(f"train.epochs={args.epochs or 1}")
         specs["adult"] = (REPO_ROOT / "feature_specs" / "adult.yaml", adult)
+    return specs
 
+
+def measure(
+    specs: Dict[str, Tuple[Path, List[str]]],
+    common: List[str],
+    args: argparse.Namespace,
+    rounds: int,
+) -> Tuple[Dict[str, List[float]], Dict[str, Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:
+    """Fit every dataset once per round, alternated (overrides: ``common``, the dataset's,
+    then the user's ``--set``).
+
+    Returns:
+        Tuple: (samples/s per dataset and round, the last metrics of each dataset, the train
+        and task metrics of each run).
+    """
     last: Dict[str, Dict[str, Any]] = {}
     runs: Dict[str, List[Dict[str, Any]]] = {n: [] for n in specs}
 
-    def contender(name: str) -> Any:
+    def contender(name: str) -> Callable[[], float]:
         path, extra = specs[name]
 
         def once() -> float:
@@ -184,6 +203,65 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # No separate warm-up: every fit builds its model afresh, so each round is alike.
     rates = alternate({n: contender(n) for n in specs}, rounds, warmup=False)
+    return rates, last, runs
+
+
+def dataset_row(name: str, r: List[float], m: Dict[str, Any]) -> List[Any]:
+    """The table row of one dataset: its rates over rounds and its last metrics."""
+    aucs = [t.get("auc") for t in m["tasks"].values()]
+    counts = [t.get("count") for t in m["tasks"].values()]
+    return [
+        f"{name} (torchrec-ple)",
+        fmt(m["data"]["train"]["rows"]),
+        m["train"]["epochs"],
+        fmt(median(r)),
+        f"{fmt(min(r))} .. {fmt(max(r))}",
+        fmt(aucs[0], 4),
+        fmt(aucs[1] if len(aucs) > 1 else None, 4),
+        fmt(m["train"]["data_seconds"], 1),
+        fmt(counts[0]),
+    ]
+
+
+def peer_rows(peers: Dict[str, Any]) -> List[List[Any]]:
+    """Table rows of the peers benchmark's contenders (torchrec-ple's own row left out)."""
+    rows = []
+    for name, pr in peers.get("results", {}).items():
+        if name == "torchrec-ple":
+            continue
+        aucs = [pr.get("auc", {}).get(t) for t in CENSUS_LABELS]
+        ratio = pr.get("torchrec_ple_over_peer")
+        rows.append(
+            [
+                f"census ({name}, peers.py run)",
+                fmt(pr.get("train_rows")),
+                pr.get("epochs", "-"),
+                fmt(pr.get("median_samples_per_second")),
+                f"torchrec-ple / {name}: {fmt(ratio, 2)}x",
+                fmt(aucs[0], 4),
+                fmt(aucs[1], 4),
+                "-",
+                "-",
+            ]
+        )
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Fit the datasets in alternating rounds; print the table and write the JSON."""
+    args = parse_args(argv)
+    quiet_logs()
+    apply_threads(args.threads)
+    rows = args.rows or (4000 if args.quick else 200_000)
+    valid_rows = census_valid_rows(rows, args.valid_rows)
+    rounds = args.rounds or (1 if args.quick else 3)
+    census_epochs = args.epochs or 1
+    print(thread_line())
+    print(describe_threads(torch_threads()))
+
+    common = common_overrides(args)
+    specs = dataset_specs(args, rows, valid_rows, census_epochs)
+    rates, last, runs = measure(specs, common, args, rounds)
 
     headers = ["dataset", "rows", "epochs", "samples/s (median)", "min .. max"]
     headers += ["AUC task 1", "AUC task 2", "prep s", "eval n"]
@@ -191,21 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {}
     for name, r in rates.items():
         m = last[name]
-        aucs = [t.get("auc") for t in m["tasks"].values()]
-        counts = [t.get("count") for t in m["tasks"].values()]
-        table_rows.append(
-            [
-                f"{name} (torchrec-ple)",
-                fmt(m["data"]["train"]["rows"]),
-                m["train"]["epochs"],
-                fmt(median(r)),
-                f"{fmt(min(r))} .. {fmt(max(r))}",
-                fmt(aucs[0], 4),
-                fmt(aucs[1] if len(aucs) > 1 else None, 4),
-                fmt(m["train"]["data_seconds"], 1),
-                fmt(counts[0]),
-            ]
-        )
+        table_rows.append(dataset_row(name, r, m))
         results[name] = {
             "samples_per_second": r,
             "median_samples_per_second": median(r),
@@ -216,24 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         }
     peers = load_peers(args.peers)
     if peers and "census" in results:
-        for name, pr in peers.get("results", {}).items():
-            if name == "torchrec-ple":
-                continue
-            aucs = [pr.get("auc", {}).get(t) for t in CENSUS_LABELS]
-            ratio = pr.get("torchrec_ple_over_peer")
-            table_rows.append(
-                [
-                    f"census ({name}, peers.py run)",
-                    fmt(pr.get("train_rows")),
-                    pr.get("epochs", "-"),
-                    fmt(pr.get("median_samples_per_second")),
-                    f"torchrec-ple / {name}: {fmt(ratio, 2)}x",
-                    fmt(aucs[0], 4),
-                    fmt(aucs[1], 4),
-                    "-",
-                    "-",
-                ]
-            )
+        table_rows += peer_rows(peers)
     print()
     print(markdown_table(headers, table_rows))
     if peers and peers.get("census_rows") not in (None, rows):

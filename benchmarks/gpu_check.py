@@ -3,7 +3,8 @@
 Every subcommand writes one JSON file and prints one line; a failed check exits 1 (the
 shell script records it and goes on). With ``--device cpu`` the same code runs on a machine
 without a GPU (host reads counted instead of CUDA sync warnings), which is how the script
-is tested before it gets GPU time.
+is tested before it gets GPU time. The plain-PyTorch PLE of ``plain`` lives in
+``benchmarks/gpu_plain.py``.
 
 Usage: ``python -m benchmarks.gpu_check <stack|smoke|l2|same|near|finite|scores|plain|summary> ...``
 """
@@ -15,7 +16,6 @@ import json
 import math
 import os
 import sys
-import time
 import traceback
 import warnings
 from collections import Counter
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+
+from benchmarks.gpu_plain import plain_rate
 
 
 def _write(path: Path, data: Dict[str, Any]) -> None:
@@ -327,114 +329,21 @@ def cmd_rows(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- plain
 
 
-class _PlainPLE(torch.nn.Module):
-    """A textbook PLE in plain PyTorch (``nn.EmbeddingBag``, ``nn.Linear`` experts, softmax
-    gates): the yardstick, at the sizes of ``feature_specs/synthetic.yaml``."""
-
-    def __init__(self, dense: int, dim: int, tasks: int, dims: List[int], levels: int) -> None:
-        super().__init__()
-        nn = torch.nn
-        self.users = nn.EmbeddingBag(2001, dim, mode="sum")
-        self.items = nn.EmbeddingBag(20000, dim, mode="mean")
-        self.tasks = tasks
-
-        def mlp(d_in: int) -> Any:
-            layers: List[Any] = []
-            for d in dims:
-                layers += [nn.Linear(d_in, d), nn.ReLU()]
-                d_in = d
-            return nn.Sequential(*layers)
-
-        d_in = dense + 3 * dim
-        self.levels = nn.ModuleList()
-        for level in range(levels):
-            width = d_in if level == 0 else dims[-1]
-            self.levels.append(
-                nn.ModuleDict(
-                    {
-                        "task": nn.ModuleList(mlp(width) for _ in range(tasks)),
-                        "shared": mlp(width),
-                        "gates": nn.ModuleList(nn.Linear(width, 2) for _ in range(tasks)),
-                        "shared_gate": nn.Linear(width, tasks + 1),
-                    }
-                )
-            )
-        self.towers = nn.ModuleList(
-            nn.Sequential(nn.Linear(dims[-1], 32), nn.ReLU(), nn.Linear(32, 1))
-            for _ in range(tasks)
-        )
-
-    def forward(
-        self, dense: torch.Tensor, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor
-    ) -> torch.Tensor:
-        b = dense.shape[0]
-        x = torch.cat(
-            [dense, self.users(user.view(b, 1)), self.items(item.view(b, 1)), self.items(hist)], 1
-        )
-        task_in, shared_in = [x] * self.tasks, x
-        lv: Any
-        for lv in self.levels:
-            own = [e(t) for e, t in zip(lv["task"], task_in)]
-            shared = lv["shared"](shared_in)
-            task_in = [
-                (torch.softmax(g(t), 1).unsqueeze(2) * torch.stack([o, shared], 1)).sum(1)
-                for g, t, o in zip(lv["gates"], task_in, own)
-            ]
-            w = torch.softmax(lv["shared_gate"](shared_in), 1).unsqueeze(2)
-            shared_in = (w * torch.stack([*own, shared], 1)).sum(1)
-        return torch.cat([tw(t) for tw, t in zip(self.towers, task_in)], 1)
-
-
 def cmd_plain(args: argparse.Namespace) -> int:
     """Train steps per second of the plain-PyTorch PLE on random batches already on the
     device (no data path): the upper bound the project's fit is measured against."""
+    rate = plain_rate(args.device, args.batch, args.steps, args.precision)
     dev = torch.device(args.device)
-    torch.manual_seed(0)
-    model = _PlainPLE(16, 16, 3, [64, 32], 2).to(dev)
-    emb = [*model.users.parameters(), *model.items.parameters()]
-    ids = {id(p) for p in emb}
-    dense_params = [p for p in model.parameters() if id(p) not in ids]
-    opts = [torch.optim.Adagrad(emb, lr=0.05), torch.optim.Adam(dense_params, lr=0.002)]
-    b = args.batch
-    batches = [
-        (
-            torch.randn(b, 16, device=dev),
-            torch.randint(0, 2001, (b,), device=dev),
-            torch.randint(0, 20000, (b,), device=dev),
-            torch.randint(0, 20000, (b, 8), device=dev),
-            torch.randint(0, 2, (b, 3), device=dev).float(),
-        )
-        for _ in range(8)
-    ]
-    autocast = args.precision == "bf16"
-
-    def step(i: int) -> None:
-        dense, user, item, hist, y = batches[i % len(batches)]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(dense, user, item, hist)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-
-    for i in range(5):
-        step(i)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    rate = args.steps * b / seconds
     _write(
         args.out,
-        {"device": str(dev), "precision": args.precision, "batch": b, "samples_per_second": rate},
+        {
+            "device": str(dev),
+            "precision": args.precision,
+            "batch": args.batch,
+            "samples_per_second": rate,
+        },
     )
-    print(f"plain: {rate:.0f} samples/s ({args.precision}, batch {b}, {dev})")
+    print(f"plain: {rate:.0f} samples/s ({args.precision}, batch {args.batch}, {dev})")
     return 0
 
 

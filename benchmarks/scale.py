@@ -29,12 +29,14 @@ the reason printed, never started.
 import torchrec_ple  # noqa: F401
 
 # isort: split
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -156,7 +158,8 @@ def per_rank(values: Optional[List[float]]) -> str:
     return " / ".join(fmt(v) for v in values) if values else "-"
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line: the common benchmark options plus the two curves' points."""
     p = base_parser("scale", __doc__.splitlines()[0])
     p.add_argument("--tables", default=None, help="user_id rows (1000000,10000000,50000000)")
     p.add_argument("--batches", default=None, help="one-process batches (256,1024,4096,16384)")
@@ -170,106 +173,140 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="seconds per run (600)")
     p.add_argument("--skip-tables", action="store_true", help="only the batch curve")
     p.add_argument("--skip-batches", action="store_true", help="only the table curve")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+@dataclass
+class Settings:
+    """The sizes of one run: the options given, else the full or ``--quick`` defaults.
+
+    Args:
+        tables (List[int]): user_id rows of the table curve's points.
+        batches (List[int]): batches of the batch curve's points.
+        table_steps (int): steps per table run.
+        batch_samples (int): samples each batch run aims to train.
+        step_lo (int): fewest steps of a batch run.
+        step_hi (int): most steps of a batch run.
+        rows (int): generated training rows.
+        rounds (int): rounds over all points.
+        timeout (float): seconds per run.
+        cores (Optional[int]): usable cores.
+        one_threads (int): threads of a one-process run.
+        table_threads (int): threads per process of a table run.
+    """
+
+    tables: List[int]
+    batches: List[int]
+    table_steps: int
+    batch_samples: int
+    step_lo: int
+    step_hi: int
+    rows: int
+    rounds: int
+    timeout: float
+    cores: Optional[int]
+    one_threads: int
+    table_threads: int
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """The run's sizes from the options and ``--quick``."""
     q = args.quick
     default_tables = "100000,1000000" if q else "1000000,10000000,50000000"
     default_batches = "256,1024" if q else "256,1024,4096,16384"
-    tables = [int(x) for x in (args.tables or default_tables).split(",")]
-    batches = [int(x) for x in (args.batches or default_batches).split(",")]
-    table_steps = args.table_steps or (5 if q else 40)
-    batch_samples = args.batch_samples or (8192 if q else 262_144)
     step_lo, step_hi = (2, 10) if q else (16, 200)
-    rows = args.rows or (20_000 if q else 400_000)
-    rounds = args.rounds or 1
-    timeout = args.timeout or (300 if q else 600)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    one_threads = args.threads or max(1, cores or 1)
-    table_threads = args.threads or max(1, (cores or 1) // args.table_procs)
-
-    t_start = time.perf_counter()
-    load0 = os.getloadavg()
-    data = clicklog_data(data_dir(args.data_dir), rows)
-    print(f"data {data} ({rows:,} training rows); load average at start {load0[0]:.2f}")
-    need_rows = max(
-        [args.table_procs * args.table_batch * table_steps]
-        + [b * batch_steps(b, batch_samples, step_lo, step_hi) for b in batches]
+    return Settings(
+        tables=[int(x) for x in (args.tables or default_tables).split(",")],
+        batches=[int(x) for x in (args.batches or default_batches).split(",")],
+        table_steps=args.table_steps or (5 if q else 40),
+        batch_samples=args.batch_samples or (8192 if q else 262_144),
+        step_lo=step_lo,
+        step_hi=step_hi,
+        rows=args.rows or (20_000 if q else 400_000),
+        rounds=args.rounds or 1,
+        timeout=args.timeout or (300 if q else 600),
+        cores=cores,
+        one_threads=args.threads or max(1, cores or 1),
+        table_threads=args.threads or max(1, (cores or 1) // args.table_procs),
     )
-    if need_rows > rows:
-        print(f"note: the largest point wants {need_rows:,} rows > {rows:,}: it stops at the epoch")
 
+
+def plan_points(args: argparse.Namespace, s: Settings) -> List[Dict[str, Any]]:
+    """The points of both curves (tables first), each a dict that collects its results."""
     points: List[Dict[str, Any]] = []
     if not args.skip_tables:
-        for n in tables:
+        for n in s.tables:
             points.append(
                 dict(
                     curve="tables",
                     procs=args.table_procs,
-                    threads=table_threads,
+                    threads=s.table_threads,
                     user_rows=n,
                     batch=args.table_batch,
-                    steps=table_steps,
+                    steps=s.table_steps,
                 )
             )
     if not args.skip_batches:
-        for b in batches:
-            steps = batch_steps(b, batch_samples, step_lo, step_hi)
+        for b in s.batches:
+            steps = batch_steps(b, s.batch_samples, s.step_lo, s.step_hi)
             points.append(
                 dict(
                     curve="batch",
                     procs=1,
-                    threads=one_threads,
+                    threads=s.one_threads,
                     user_rows=args.batch_table_rows,
                     batch=b,
                     steps=steps,
                 )
             )
+    for pt in points:
+        pt.update(rates=[], walls=[], loads=[], metrics=None, skipped=None, failed=None)
+    return points
 
+
+def run_point(pt: Dict[str, Any], r: int, data: Path, timeout: float, tmp: Path) -> None:
+    """Round ``r`` of one point: skipped when it may not fit, else one ``fit`` whose rate,
+    wall time and load (or failure log) go into ``pt``."""
+    label = f"{pt['curve']}: user_id {pt['user_rows']:,} rows, {pt['procs']} proc x "
+    label += f"{pt['threads']} thr, batch {pt['batch']:,}, {pt['steps']} steps"
+    if pt["skipped"] or pt["failed"]:
+        return
+    ok, why = fits(pt["user_rows"], pt["procs"], tmp)
+    if not ok:
+        pt["skipped"] = why
+        print(f"SKIPPED {label}: {why}")
+        return
+    load = os.getloadavg()[0]
+    metrics, log, wall = launch(
+        data, pt["procs"], pt["threads"], pt["user_rows"], pt["batch"], pt["steps"], timeout, tmp
+    )
+    pt["walls"].append(wall)
+    pt["loads"].append(load)
+    if metrics is None:
+        pt["failed"] = log
+        print(f"round {r + 1}: FAILED {label} ({wall:.0f}s):\n{log}\n")
+        return
+    pt["metrics"] = metrics
+    pt["rates"].append(float(metrics["train"]["samples_per_second"]))
+    t = metrics["train"]
+    print(
+        f"round {r + 1}: {label}: {pt['rates'][-1]:,.0f} samples/s, peak RSS "
+        f"{per_rank(t['max_rss_mb_per_rank'])} MB, tables "
+        f"{per_rank(t['table_mb_per_rank'])} MB ({wall:.0f}s wall, load {load:.2f})"
+    )
+
+
+TABLE_HEADERS = ["curve", "user_id rows", "processes x threads", "batch / process", "steps"]
+TABLE_HEADERS += ["samples/s", "x first", "table MB per rank", "peak RSS MB per rank", "wall s"]
+TABLE_HEADERS += ["status"]
+
+
+def report(points: List[Dict[str, Any]]) -> Tuple[List[List[Any]], List[Dict[str, Any]]]:
+    """The table rows and the JSON entries of the points (rates relative to each curve's
+    first measured point)."""
+    table_rows: List[List[Any]] = []
     results: List[Dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp_name:
-        tmp = Path(tmp_name)
-        for pt in points:
-            pt.update(rates=[], walls=[], loads=[], metrics=None, skipped=None, failed=None)
-        for r in range(rounds):
-            for pt in points:
-                label = f"{pt['curve']}: user_id {pt['user_rows']:,} rows, {pt['procs']} proc x "
-                label += f"{pt['threads']} thr, batch {pt['batch']:,}, {pt['steps']} steps"
-                if pt["skipped"] or pt["failed"]:
-                    continue
-                ok, why = fits(pt["user_rows"], pt["procs"], tmp)
-                if not ok:
-                    pt["skipped"] = why
-                    print(f"SKIPPED {label}: {why}")
-                    continue
-                load = os.getloadavg()[0]
-                metrics, log, wall = launch(
-                    data,
-                    pt["procs"],
-                    pt["threads"],
-                    pt["user_rows"],
-                    pt["batch"],
-                    pt["steps"],
-                    timeout,
-                    tmp,
-                )
-                pt["walls"].append(wall)
-                pt["loads"].append(load)
-                if metrics is None:
-                    pt["failed"] = log
-                    print(f"round {r + 1}: FAILED {label} ({wall:.0f}s):\n{log}\n")
-                    continue
-                pt["metrics"] = metrics
-                pt["rates"].append(float(metrics["train"]["samples_per_second"]))
-                t = metrics["train"]
-                print(
-                    f"round {r + 1}: {label}: {pt['rates'][-1]:,.0f} samples/s, peak RSS "
-                    f"{per_rank(t['max_rss_mb_per_rank'])} MB, tables "
-                    f"{per_rank(t['table_mb_per_rank'])} MB ({wall:.0f}s wall, load {load:.2f})"
-                )
-
-    headers = ["curve", "user_id rows", "processes x threads", "batch / process", "steps"]
-    headers += ["samples/s", "x first", "table MB per rank", "peak RSS MB per rank", "wall s"]
-    headers += ["status"]
-    table_rows = []
     first: Dict[str, float] = {}
     for pt in points:
         m = pt["metrics"]
@@ -298,37 +335,67 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status,
             ]
         )
-        results.append(
-            {
-                "curve": pt["curve"],
-                "user_rows": pt["user_rows"],
-                "item_rows": ITEM_ROWS,
-                "processes": pt["procs"],
-                "threads": pt["threads"],
-                "batch_per_process": pt["batch"],
-                "max_steps": pt["steps"],
-                "samples_per_second": pt["rates"],
-                "median_samples_per_second": rate,
-                "wall_seconds": pt["walls"],
-                "load_average_1m_at_start": pt["loads"],
-                "skipped": pt["skipped"],
-                "failed": pt["failed"],
-                "train": t or None,
-            }
+        results.append(point_result(pt, rate, t))
+    return table_rows, results
+
+
+def point_result(pt: Dict[str, Any], rate: Optional[float], t: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON entry of one point (``t``: its last run's ``train`` metrics, or empty)."""
+    return {
+        "curve": pt["curve"],
+        "user_rows": pt["user_rows"],
+        "item_rows": ITEM_ROWS,
+        "processes": pt["procs"],
+        "threads": pt["threads"],
+        "batch_per_process": pt["batch"],
+        "max_steps": pt["steps"],
+        "samples_per_second": pt["rates"],
+        "median_samples_per_second": rate,
+        "wall_seconds": pt["walls"],
+        "load_average_1m_at_start": pt["loads"],
+        "skipped": pt["skipped"],
+        "failed": pt["failed"],
+        "train": t or None,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run both curves' points in rounds; print the table and write the JSON."""
+    args = parse_args(argv)
+    s = settings(args)
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    data = clicklog_data(data_dir(args.data_dir), s.rows)
+    print(f"data {data} ({s.rows:,} training rows); load average at start {load0[0]:.2f}")
+    need_rows = max(
+        [args.table_procs * args.table_batch * s.table_steps]
+        + [b * batch_steps(b, s.batch_samples, s.step_lo, s.step_hi) for b in s.batches]
+    )
+    if need_rows > s.rows:
+        print(
+            f"note: the largest point wants {need_rows:,} rows > {s.rows:,}: it stops at the epoch"
         )
+
+    points = plan_points(args, s)
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp_name:
+        for r in range(s.rounds):
+            for pt in points:
+                run_point(pt, r, data, s.timeout, Path(tmp_name))
+
+    table_rows, results = report(points)
     load1 = os.getloadavg()
     total = time.perf_counter() - t_start
     print()
-    print(markdown_table(headers, table_rows))
+    print(markdown_table(TABLE_HEADERS, table_rows))
     print(
         f"\n{total:.0f}s in all; load average (1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at "
-        f"end, on {cores} cores (other jobs included); peak RSS covers the whole fit"
+        f"end, on {s.cores} cores (other jobs included); peak RSS covers the whole fit"
     )
     payload = {
         "spec": str(SPEC),
         "data": str(data),
-        "training_rows": rows,
-        "rounds": rounds,
+        "training_rows": s.rows,
+        "rounds": s.rounds,
         "points": results,
         "total_seconds": total,
         "load_average_start": list(load0),
