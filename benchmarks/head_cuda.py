@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/head_cuda.json"))
     args = p.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
-    checks = [_check(a) for a in HEADS]
+    checks = [_check(a) for a in HEADS.names()]
     speed = [
         _speed(8192, [64, 32], 2, 1, 1, torch.float32),
         _speed(8192, [512, 256], 4, 2, 2, torch.float32),

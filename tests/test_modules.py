@@ -34,7 +34,7 @@ from torchrec_ple.modules import (
     build_head,
 )
 
-ARCHS = sorted(HEADS)
+ARCHS = sorted(HEADS.names())
 GATED = ("mmoe", "ml_mmoe", "cgc", "ple")
 D = 6
 DIMS = [8, 4]
@@ -80,7 +80,7 @@ def slices_grad(g: Dict[nn.Parameter, torch.Tensor], slices) -> torch.Tensor:
 def test_forward_backward_shapes(arch: str, num_tasks: int) -> None:
     torch.manual_seed(0)
     head = small_head(arch, num_tasks)
-    assert isinstance(head, HEADS[arch])
+    assert isinstance(head, HEADS.get(arch))
     assert head.num_tasks == num_tasks and head.in_features == D
     assert len(head.output_dims) == num_tasks
     for batch in (1, 3):
@@ -103,7 +103,7 @@ def test_gates_reported_only_by_gated_heads(arch: str) -> None:
     head = small_head(arch, 2)
     outputs, gates = head.forward_with_gates(torch.randn(3, D))
     assert len(outputs) == 2
-    assert bool(gates) == (arch in GATED)
+    assert bool(gates) == (arch in GATED) == HEADS.get(arch).has_gates
     for w in gates.values():
         assert w.shape[0] == 3
         torch.testing.assert_close(w.sum(-1), torch.ones(3))
@@ -162,7 +162,8 @@ def test_dropout_only_in_training(arch: str) -> None:
 
 
 def test_registry_matches_spec_names() -> None:
-    assert set(HEADS) == {
+    # in this order: `compare --architectures all` and the spec's messages list them so
+    assert HEADS.names() == [
         "single_task",
         "shared_bottom",
         "asymmetric",
@@ -173,9 +174,10 @@ def test_registry_matches_spec_names() -> None:
         "ml_mmoe",
         "cgc",
         "ple",
-    }
-    for cls in HEADS.values():
-        assert issubclass(cls, MultiTaskHead)
+    ]
+    for name in HEADS.names():
+        assert issubclass(HEADS.get(name), MultiTaskHead)
+    assert [a for a in HEADS.names() if HEADS.get(a).has_gates] == list(GATED)
 
 
 def test_build_head_maps_uniform_kwargs() -> None:
@@ -198,6 +200,120 @@ def test_build_head_maps_uniform_kwargs() -> None:
     assert sluice.alpha_parameters()[0].shape == (8, 8)
     with pytest.raises(ValueError, match="unknown architecture 'moe'.*mmoe"):
         build_head("moe", D, 2)
+
+
+# ------------------------------------------------------------ the registry protocol
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gate_layout_names_every_gate_column(arch: str) -> None:
+    head = small_head(arch, 2)
+    layout = head.gate_layout(["ctr", "cvr"])
+    _, gates = head.forward_with_gates(torch.randn(3, D))
+    assert list(layout) == list(gates)
+    for key, w in gates.items():
+        assert len(layout[key]) == w.shape[1], key
+
+
+def test_gate_layout_orders_own_then_shared_experts() -> None:
+    ple = small_head("ple", 2)  # 2 levels, 2 shared experts, 1 per task
+    task0, shared = ["ctr/0", "shared/0", "shared/1"], ["ctr/0", "cvr/0", "shared/0", "shared/1"]
+    assert ple.gate_layout(["ctr", "cvr"]) == {
+        "level0/task0": task0,
+        "level0/task1": ["cvr/0", "shared/0", "shared/1"],
+        "level0/shared": shared,
+        "level1/task0": task0,
+        "level1/task1": ["cvr/0", "shared/0", "shared/1"],
+    }
+    mmoe = small_head("mmoe", 2)  # its experts are all shared: task_experts is not used
+    assert mmoe.gate_layout(["a", "b"])["level0/task1"] == ["shared/0", "shared/1"]
+    with pytest.raises(ValueError, match="1 task names for 2 tasks"):
+        ple.gate_layout(["ctr"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_from_spec_builds_what_build_head_builds(arch: str) -> None:
+    from torchrec_ple.spec.schema import ModelSpec
+
+    model = ModelSpec(architecture=arch, levels=3, shared_experts=2, expert_dims=[8, 4])
+    torch.manual_seed(0)
+    head = HEADS.get(arch).from_spec(D, 2, model)
+    torch.manual_seed(0)
+    same = build_head(arch, D, 2, num_levels=3, num_shared_experts=2, expert_dims=[8, 4])
+    assert type(head) is type(same) and head.output_dims == same.output_dims
+    for (name, a), (_, b) in zip(head.state_dict().items(), same.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert model.expert_dims == [8, 4]  # the head has its own copy
+
+
+def test_model_keys_declare_what_each_head_reads() -> None:
+    common = ["expert_dims", "activation", "dropout"]
+    assert HEADS.get("shared_bottom").model_keys() == common
+    assert HEADS.get("mmoe").model_keys() == common + ["shared_experts"]
+    assert HEADS.get("ml_mmoe").model_keys() == common + ["shared_experts", "levels"]
+    assert HEADS.get("cgc").model_keys() == common + ["shared_experts", "task_experts"]
+    assert HEADS.get("ple").model_keys() == common + ["levels", "shared_experts", "task_experts"]
+
+
+class _Reporter:
+    def __init__(self) -> None:
+        self.errors: List[Tuple] = []
+
+    def err(self, path, expected, found=None, *, did_you_mean=None, hint=None) -> None:
+        self.errors.append((path[-1], expected, found, hint))
+
+
+NO_SHARED = ("shared_experts", "shared_experts >= 1", "0", "MMoE experts are all shared")
+NO_TASK_GATE = (
+    "task_experts",
+    "task_experts + shared_experts >= 1",
+    "0 + 0",
+    "a task gate with no expert",
+)
+NO_LOWER_SHARED_GATE = (
+    "shared_experts",
+    "shared_experts >= 1 for ple with levels > 1",
+    "0",
+    "the shared gate of a lower level would be a gate with no expert",
+)
+NO_EXPERT = ("shared_experts", "shared_experts + task_experts >= 1", "0 + 0", "no expert at all")
+
+
+@pytest.mark.parametrize(
+    "arch,levels,shared,task,expected",
+    [
+        ("mmoe", 1, 0, 1, [NO_SHARED]),
+        ("ml_mmoe", 2, 0, 3, [NO_SHARED]),
+        ("mmoe", 1, 1, 0, []),
+        ("cgc", 2, 0, 0, [NO_TASK_GATE]),
+        ("cgc", 2, 0, 1, []),  # cgc has one level whatever model.levels says
+        ("ple", 2, 0, 1, [NO_LOWER_SHARED_GATE]),
+        ("ple", 1, 0, 1, []),
+        ("ple", 2, 0, 0, [NO_TASK_GATE]),
+        ("single_task", 2, 0, 0, [NO_EXPERT]),
+        ("sluice", 2, 0, 1, []),
+    ],
+)
+def test_check_spec_reports_expert_counts(
+    arch: str, levels: int, shared: int, task: int, expected: List[Tuple]
+) -> None:
+    from torchrec_ple.spec.schema import ModelSpec
+
+    model = ModelSpec(architecture=arch, levels=levels, shared_experts=shared, task_experts=task)
+    reporter = _Reporter()
+    HEADS.get(arch).check_spec(reporter, ("model",), model)
+    assert reporter.errors == expected
+
+
+def test_matching_overrides_give_mmoe_the_experts_of_ple() -> None:
+    from torchrec_ple.spec.schema import ModelSpec
+
+    model = ModelSpec(shared_experts=1, task_experts=2)
+    for arch in ("mmoe", "ml_mmoe"):
+        assert HEADS.get(arch).matching_overrides(model, 3) == [("model.shared_experts", 7)]
+    model = ModelSpec(shared_experts=0, task_experts=0)
+    assert HEADS.get("mmoe").matching_overrides(model, 3) == [("model.shared_experts", 1)]
+    assert HEADS.get("ple").matching_overrides(model, 3) == []
 
 
 # ------------------------------------------------------------------------ PLE: routing

@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 from torchrec_ple.cli import main
 from torchrec_ple.spec import load_spec
 from torchrec_ple.spec.errors import DataError
-from torchrec_ple.train import run_dir
+from torchrec_ple.train import out_paths, run_dir
 from torchrec_ple.train.run_dir import LOCK_FILE, RunLock, spec_changes
 
 SPEC = ROOT / "feature_specs" / "synthetic.yaml"
@@ -111,7 +111,7 @@ def test_out_that_cannot_be_written_is_one_line(
     real = os.access
     # as root every folder is writable: ask os.access, as the check does, for this one
     monkeypatch.setattr(
-        run_dir.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode)
+        out_paths.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode)
     )
     assert main(_fit_args(locked / "run")) == 2
     assert "found no write permission on" in _one_error_line(capsys)

@@ -829,7 +829,7 @@ def test_mutations_raise_only_spec_errors(data: st.DataObject) -> None:
             first = None
         except SpecError as e:
             spec, first = None, str(e)
-        errors = loader._collect(text, Path("/tmp/fuzz/spec.yaml"), ())[1]
+        errors = loader.collect(text, Path("/tmp/fuzz/spec.yaml"), ())[1]
     assert [str(e) for e in errors][:1] == ([first] if first else [])
     assert all(len(str(e).splitlines()) == 1 for e in errors)
     assert spec is None or isinstance(spec, Spec)

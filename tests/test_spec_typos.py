@@ -47,18 +47,15 @@ from unittest import mock
 import pytest
 import yaml
 
+from torchrec_ple.registry import FEATURE_KINDS, HEADS, LOSS_WEIGHTINGS, READERS
 from torchrec_ple.spec import Spec, SpecError, load_spec, loader, schema, validate_all
 from torchrec_ple.spec.feast_tags import merge_feature_tags
 from torchrec_ple.spec.schema import (
     ACTIVATIONS,
-    ARCHITECTURES,
-    DATA_SOURCES,
     DENSE_OPTIMIZERS,
     EMBEDDING_OPTIMIZERS,
     FEAST_SPLITS,
-    FEATURE_TYPES,
     FILE_FORMATS,
-    LOSS_WEIGHTINGS,
     NORMALIZERS,
     POOLINGS,
     SHARDING_TYPES,
@@ -73,19 +70,19 @@ KeyPath = Tuple[Union[str, int], ...]
 # missing here is still caught: its typos become `text` cases, which then demand the
 # "did you mean" of a choice (see test_text_typo).
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "data.source": DATA_SOURCES,
+    "data.source": tuple(READERS.names()),
     "data.feast.split": FEAST_SPLITS,
     "data.train.format": FILE_FORMATS,
     "data.validation.format": FILE_FORMATS,
-    "features[].type": FEATURE_TYPES,
+    "features[].type": tuple(FEATURE_KINDS.names()),
     "features[].normalize": NORMALIZERS,
     "features[].embedding.pooling": POOLINGS,
     "features[].embedding.sharding": SHARDING_TYPES,
     "tasks[].type": TASK_TYPES,
-    "model.architecture": ARCHITECTURES,
+    "model.architecture": tuple(HEADS.names()),
     "model.activation": ACTIVATIONS,
     "train.weight_schedule_unit": WEIGHT_UNITS,
-    "train.loss_weighting": LOSS_WEIGHTINGS,
+    "train.loss_weighting": tuple(LOSS_WEIGHTINGS.names()),
     "train.dense_optimizer.type": DENSE_OPTIMIZERS,
     "train.embedding_optimizer.type": EMBEDDING_OPTIMIZERS,
 }
@@ -240,7 +237,7 @@ def _loading(spec: Path) -> ContextManager[Any]:
         return contextlib.nullcontext()
     tags = _feast_tags(FEAST_EXAMPLE / "feature_repo" / "definitions.py")
     return mock.patch.object(
-        loader, "_with_feast_tags", lambda raw, base: merge_feature_tags(raw, tags)
+        loader, "with_feast_tags", lambda raw, base: merge_feature_tags(raw, tags)
     )
 
 
@@ -408,8 +405,10 @@ def test_examples_found_and_valid() -> None:
 
 def test_choice_table_is_schema() -> None:
     vocabularies = [v for name, v in vars(schema).items() if name.isupper()]
+    registries = (HEADS, FEATURE_KINDS, READERS, LOSS_WEIGHTINGS)
+    registered = [tuple(r.names()) for r in registries]  # a registry's names
     for pattern, choices in CHOICES.items():
-        assert any(choices is v for v in vocabularies), pattern
+        assert any(choices is v for v in vocabularies) or choices in registered, pattern
         path = tuple(0 if p == "[]" else p for p in pattern.replace("[]", ".[]").split("."))
         assert _type_at(path) is str, pattern
 

@@ -1,6 +1,6 @@
 """The in-memory pre-checks of the bad-input catalogue, on the streaming path.
 
-``data.streaming: true`` reads CSV files with its own reader and fits the transforms in a
+``data.streaming: true`` reads CSV files chunk by chunk and fits the transforms in a
 streaming pass (:mod:`torchrec_ple.data.streaming`); each input here must give the same
 one line as in memory (``tests/test_bad_input_catalogue.py``), before the model is built.
 """
@@ -16,7 +16,7 @@ import pytest
 from tests.test_bad_data import SPEC, frame, set_cell
 from tests.test_bad_input_catalogue import HUGE, POSITIVE, _yes_no
 from torchrec_ple.cli import main
-from torchrec_ple.data import streaming
+from torchrec_ple.data.readers import files as file_reader
 
 STREAMING = ["--set", "data.streaming=true"]
 
@@ -144,7 +144,7 @@ def test_id_beyond_int64_names_its_file_row_across_chunks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # chunks of 8 rows: the row is counted from the file's first row, not the chunk's
-    monkeypatch.setattr(streaming, "DEFAULT_READ_ROWS", 8)
+    monkeypatch.setattr(file_reader, "DEFAULT_READ_ROWS", 8)
     argv = fit_streaming(lambda d: set_cell(d, "city", [row], 2**64 + 5))(tmp_path)
     assert main(argv) == 2
     line = _one_error_line("".join(capsys.readouterr()))

@@ -61,11 +61,30 @@ def _add_step_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``torchrec-ple`` parser: one subcommand each, added in the order of ``--help``."""
     parser = argparse.ArgumentParser(
         prog="torchrec-ple", description="Multi-task recommendation (PLE) on TorchRec."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_validate_parser,
+        _add_fit_parser,
+        _add_evaluate_parser,
+        _add_export_parser,
+        _add_predict_parser,
+        _add_clicklog_parser,
+        _add_compare_parser,
+        _add_serve_parser,
+        _add_tune_parser,
+    ):
+        add(sub)
+    return parser
 
+
+_Subparsers = argparse._SubParsersAction
+
+
+def _add_validate_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("validate", help="check a spec, and its data's schema when reachable")
     _add_spec_args(p)
     p.add_argument("--no-data", action="store_true", help="check the spec only")
@@ -76,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(loads the data into memory); prints what the policies fill, clip and drop",
     )
 
+
+def _add_fit_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("fit", help="train a spec and evaluate it on its validation data")
     _add_spec_args(p)
     # a string, not a Path: Path("") is ".", and an empty --out must be refused
@@ -90,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an earlier run in --out (removed once the new run's data is read)",
     )
 
+
+def _add_evaluate_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("evaluate", help="evaluate a fitted run on its (or the spec's) data")
     _add_spec_args(p, optional=True)
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
@@ -100,12 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
+
+def _add_export_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("export", help="write an unsharded torch.export model and its transforms")
     p.add_argument("--checkpoint", type=Path, required=True, help="the run directory of fit")
     _add_step_arg(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
 
+
+def _add_predict_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "predict", help="score a Parquet/CSV file with a fitted run or exported model"
     )
@@ -135,20 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the model scores (rows are encoded on CPU either way); default: cpu",
     )
 
-    from torchrec_ple.train.compare import add_compare_args
+
+def _add_clicklog_parser(sub: _Subparsers) -> None:
+    from torchrec_ple.data.clicklog import add_arguments as clicklog_arguments
 
     p = sub.add_parser(
         "generate-clicklog", help="write synthetic click logs as Parquet (streaming benchmark)"
     )
-    from torchrec_ple.data.clicklog import add_arguments as clicklog_arguments
-
     clicklog_arguments(p)
+
+
+def _add_compare_parser(sub: _Subparsers) -> None:
+    from torchrec_ple.train.compare import add_compare_args
 
     p = sub.add_parser("compare", help="train several architectures on the same data and compare")
     _add_spec_args(p)
     add_compare_args(p)
-    _add_serve_parser(sub)
 
+
+def _add_tune_parser(sub: _Subparsers) -> None:
     from torchrec_ple.train.tune import add_tune_args  # optuna itself is imported on use
 
     p = sub.add_parser(
@@ -156,10 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(p)
     add_tune_args(p)
-    return parser
 
 
-def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+def _add_serve_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "serve",
         help="score over HTTP (POST /score) with an exported model, beside a Feast store",

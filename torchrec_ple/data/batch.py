@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -280,3 +280,84 @@ class BatchLoader:
             sl = slice(i * self._batch_size, (i + 1) * self._batch_size)
             v = valid[sl]
             yield build_batch(self._data, rows[sl], None if v.all() else v)
+
+
+# ---------------------------------------------------------------------------- padding
+# Two padding rules, each what its loader always did (changing either changes numbers:
+# dropout draws per row): BatchLoader (rows cached in memory) pads a rank's share with
+# repeated rows whose masks are zero and keeps a short last batch on one rank; streamed
+# batches are always ``batch_size`` rows, completed with empty rows (:func:`pad_batch`).
+# Either way padding counts in no loss and no metric.
+
+
+def concat_encoded(parts: Sequence[EncodedData]) -> EncodedData:
+    """Rows of several encoded tables (same spec) back to back; reports are dropped."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    values, offsets = [], []
+    for k in range(len(first.keys)):
+        values.append(np.concatenate([p.values[k] for p in parts]))
+        if first.offsets[k] is None:
+            offsets.append(None)
+            continue
+        shifted, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            o = p.offsets[k]
+            assert o is not None
+            shifted.append(o[1:] - o[0] + base)
+            base += int(o[-1] - o[0])
+        offsets.append(np.concatenate(shifted))
+    return EncodedData(
+        keys=first.keys,
+        values=values,
+        offsets=offsets,
+        dense=np.concatenate([p.dense for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        masks=np.concatenate([p.masks for p in parts]),
+    )
+
+
+def pad_batch(
+    batch: Optional[MultiTaskBatch], size: int, keys: List[str], dense_dim: int, tasks: int
+) -> MultiTaskBatch:
+    """Extend a batch to ``size`` rows with padding rows (or build one of padding only).
+
+    Padding rows have an empty bag for every key and zero dense values, labels and masks:
+    they count in no loss and no metric, and cost no embedding lookup.
+
+    Args:
+        batch (Optional[MultiTaskBatch]): b <= size real rows, or None for none.
+        size (int): rows wanted.
+        keys (List[str]): sparse keys (for a batch built from nothing).
+        dense_dim (int): D, dense columns.
+        tasks (int): K, tasks.
+
+    Returns:
+        MultiTaskBatch: ``size`` rows, the real ones first.
+    """
+    b = batch.batch_size if batch is not None else 0
+    extra = size - b
+    if batch is not None and extra == 0:
+        return batch
+    if keys:
+        lengths = torch.zeros(len(keys), size, dtype=torch.int32)
+        if batch is not None:
+            lengths[:, :b] = batch.sparse.lengths().view(len(keys), b)
+            values = batch.sparse.values()
+        else:
+            values = torch.zeros(0, dtype=torch.int64)
+        sparse = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten(), stride=size)
+    else:
+        sparse = KeyedJaggedTensor.empty(values_dtype=torch.int64)
+
+    def grow(t: Optional[torch.Tensor], width: int) -> torch.Tensor:
+        pad = torch.zeros(extra, width, dtype=torch.float32)
+        return pad if t is None else torch.cat([t, pad])
+
+    return MultiTaskBatch(
+        dense=grow(batch.dense if batch else None, dense_dim),
+        sparse=sparse,
+        labels=grow(batch.labels if batch else None, tasks),
+        masks=grow(batch.masks if batch else None, tasks),
+    )

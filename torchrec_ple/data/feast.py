@@ -245,26 +245,51 @@ def load_feast_tables(
     store = repo if hasattr(repo, "get_historical_features") else open_store(repo)  # type: ignore[arg-type]
 
     def load(path: PathLike) -> pa.Table:
-        frame = read_entity_df(path, timestamp_column)
-        table = historical_table(store, frame, features, full_feature_names)
-        return fill_nulls(table, fill) if fill else table
+        return entity_table(store, path, features, timestamp_column, full_feature_names, fill)
 
     train = load(entity_df_path)
     if validation_entity_df_path is not None:
         return train, load(validation_entity_df_path)
     if validation_fraction <= 0:
         return train, train.slice(0, 0)
-    n_valid = int(round(validation_fraction * train.num_rows))
+    train_rows, valid_rows = holdout_rows(train, validation_fraction, split, timestamp_column, seed)
+    return train.take(train_rows), train.take(valid_rows)
+
+
+def entity_table(
+    store: FeatureStore,
+    path: PathLike,
+    features: FeatureRefs,
+    timestamp_column: str = "event_timestamp",
+    full_feature_names: bool = False,
+    fill: Optional[Mapping[str, Any]] = None,
+    rows: Optional[Tuple[int, int]] = None,
+) -> pa.Table:
+    """The point-in-time rows of one entity dataframe file (rows ``[start, stop)`` of it
+    when ``rows`` is given), nulls of the ``fill`` columns filled."""
+    frame = read_entity_df(path, timestamp_column)
+    if rows is not None:
+        frame = frame.iloc[rows[0] : rows[1]].reset_index(drop=True)
+    table = historical_table(store, frame, features, full_feature_names)
+    return fill_nulls(table, fill) if fill else table
+
+
+def holdout_rows(
+    table: pa.Table, fraction: float, split: str, timestamp_column: str, seed: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of an entity table, each sorted: ``fraction`` of
+    the rows held out at random (seeded) or the latest by ``timestamp_column``."""
+    n_valid = int(round(fraction * table.num_rows))
     if split == "time":
-        order = np.asarray(pc.sort_indices(train.column(timestamp_column)), dtype=np.int64)
+        order = np.asarray(pc.sort_indices(table.column(timestamp_column)), dtype=np.int64)
         train_rows, valid_rows = (
-            order[: train.num_rows - n_valid],
-            order[train.num_rows - n_valid :],
+            order[: table.num_rows - n_valid],
+            order[table.num_rows - n_valid :],
         )
     else:
-        perm = np.random.default_rng(seed).permutation(train.num_rows)
+        perm = np.random.default_rng(seed).permutation(table.num_rows)
         train_rows, valid_rows = perm[n_valid:], perm[:n_valid]
-    return train.take(np.sort(train_rows)), train.take(np.sort(valid_rows))
+    return np.sort(train_rows), np.sort(valid_rows)
 
 
 def load_spec_tables(spec: Any) -> Tuple[pa.Table, pa.Table]:

@@ -8,7 +8,6 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -357,19 +356,29 @@ def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Tabl
     return table
 
 
-def require_columns(fs: FileSpec, available: Iterable[str], wanted: Iterable[str]) -> None:
-    """Raise a :class:`DataError` naming the first wanted column the file lacks."""
+def missing_column_error(
+    file: str, available: Iterable[str], wanted: Iterable[str]
+) -> Optional[DataError]:
+    """The :class:`DataError` naming the first wanted column ``available`` lacks, or None."""
     names = list(available)
     for col in wanted:
         if col not in names:
             close = difflib.get_close_matches(col, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise DataError(
-                file=str(fs.path),
+            return DataError(
+                file=file,
                 column=col,
                 expected=f"a column named '{col}'{hint}",
                 found=f"columns {names[:20]}" + (" ..." if len(names) > 20 else ""),
             )
+    return None
+
+
+def require_columns(fs: FileSpec, available: Iterable[str], wanted: Iterable[str]) -> None:
+    """Raise a :class:`DataError` naming the first wanted column the file lacks."""
+    error = missing_column_error(str(fs.path), available, wanted)
+    if error is not None:
+        raise error
 
 
 def spec_columns(spec: Spec) -> List[str]:
@@ -380,27 +389,19 @@ def spec_columns(spec: Spec) -> List[str]:
 
 
 def load_tables(spec: Spec) -> Tuple[pa.Table, pa.Table]:
-    """The (train, validation) tables a spec declares.
+    """The (train, validation) tables a spec declares, read whole by its source's readers
+    (:mod:`torchrec_ple.data.readers`); an empty validation table when it has none.
 
     With a ``files`` source and no validation file, a seeded random
     ``validation_fraction`` of the training rows is held out.
     """
-    if spec.data.source == "synthetic":
-        from torchrec_ple.data.synthetic import generate
+    from torchrec_ple.data.readers import make_reader
 
-        return generate(spec.data.synthetic)
-    if spec.data.source == "feast":
-        from torchrec_ple.data.feast import load_spec_tables
-
-        return load_spec_tables(spec)
-    assert spec.data.train is not None
+    train, valid = make_reader(spec, "train"), make_reader(spec, "validation")
     cols = spec_columns(spec)
-    train = read_table(spec.data.train, cols)
-    if spec.data.validation is not None:
-        return train, read_table(spec.data.validation, cols)
-    frac = spec.data.validation_fraction
-    if frac <= 0:
-        return train, train.slice(0, 0)
-    perm = np.random.default_rng(spec.train.seed).permutation(train.num_rows)
-    n_valid = int(round(frac * train.num_rows))
-    return train.take(np.sort(perm[n_valid:])), train.take(np.sort(perm[:n_valid]))
+    whole = train.read_all(cols)
+    own = not valid.held_out() and valid.exists()
+    tables = train.select(whole), valid.select(valid.read_all(cols) if own else whole)
+    train.release()
+    valid.release()
+    return tables

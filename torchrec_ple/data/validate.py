@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from torchrec_ple.data.sources import (
     check_parquet_directory,
-    load_tables,
     read_schema,
     require_columns,
     spec_columns,
@@ -19,8 +18,8 @@ from torchrec_ple.data.transforms import (
     EncodedData,
     FeatureTransforms,
     TableInfo,
-    describe_report,
 )
+from torchrec_ple.registry import FEATURE_KINDS
 from torchrec_ple.spec.errors import DataError, SpecError, format_value
 from torchrec_ple.spec.schema import FileSpec, Spec, TaskSpec
 
@@ -31,7 +30,7 @@ def _usable(t: pa.DataType, kind: str) -> bool:
     listy = pa.types.is_list(t) or pa.types.is_large_list(t)
     if kind == "numeric":
         return numeric or pa.types.is_null(t)
-    if kind == "sequence":
+    if kind == "list":
         return listy or text
     return numeric or text or pa.types.is_null(t)
 
@@ -47,7 +46,7 @@ def check_file(spec: Spec, fs: FileSpec) -> str:
     check_parquet_directory(fs, spec_columns(spec))
     for f in spec.features:
         t = schema.field(f.column).type
-        kind = "numeric" if f.type == "numeric" else f.type
+        kind = FEATURE_KINDS.get(f.type).column_kind
         if not _usable(t, kind):
             raise DataError(
                 file=str(fs.path),
@@ -56,14 +55,14 @@ def check_file(spec: Spec, fs: FileSpec) -> str:
                 found=str(t),
             )
         if (
-            f.type == "sequence"
+            kind == "list"
             and not (pa.types.is_list(t) or pa.types.is_large_list(t))
             and f.separator is None
         ):
             raise DataError(
                 file=str(fs.path),
                 column=f.column,
-                expected=f"a list column for sequence feature '{f.name}', or a 'separator' to split strings",
+                expected=f"a list column for {f.type} feature '{f.name}', or a 'separator' to split strings",
                 found=str(t),
             )
     for task in spec.tasks:
@@ -95,7 +94,7 @@ def known_tables(spec: Spec) -> List[TableInfo]:
     tables in full; vocabulary and bucket tables (sized by the data) with 0 rows."""
     out: Dict[str, TableInfo] = {}
     for f in spec.sparse_features:
-        rows = f.num_embeddings or (f.hash_buckets + 1 if f.hash_buckets else 0)
+        rows = FEATURE_KINDS.get(f.type).num_embeddings(f, None) or 0
         name = spec.table_of(f)
         if name in out:
             out[name].num_embeddings = max(out[name].num_embeddings, rows)
@@ -192,18 +191,10 @@ def check_data(spec: Spec) -> List[str]:
 
 
 def data_location(spec: Spec, split: str) -> str:
-    """Where a split's rows come from, for error messages."""
-    d = spec.data
-    if d.source == "synthetic":
-        return f"synthetic {split} data"
-    if d.source == "feast":
-        assert d.feast is not None
-        return f"Feast rows of {d.feast.entity_df} ({split})"
-    fs = d.train if split == "train" or d.validation is None else d.validation
-    assert fs is not None
-    if split == "validation" and d.validation is None:
-        return f"{fs.path} (the held-out validation rows)"
-    return str(fs.path)
+    """Where a split's rows come from, for error messages (its reader's location)."""
+    from torchrec_ple.data.readers import make_reader
+
+    return make_reader(spec, split).location()
 
 
 def fit_and_encode(
@@ -232,11 +223,7 @@ def fit_and_encode(
         split = "train"
         for k, t in enumerate(spec.tasks):
             if enc_train.masks[:, k].sum() == 0:
-                raise DataError(
-                    column=t.label,
-                    expected=f"at least one training row in task '{t.name}''s sample space",
-                    found="none (check its label column and sample_space condition)",
-                )
+                raise empty_sample_space_error(t)
         _check_positive_values(spec, train, enc_train)
     except DataError as e:
         if e.file is None:
@@ -256,6 +243,16 @@ def _check_positive_values(spec: Spec, train: pa.Table, enc_train: EncodedData) 
         if (enc_train.labels[:, k] > 0).any():
             continue
         raise positive_values_error(t, pc.unique(train.column(t.label).drop_null()).to_pylist())
+
+
+def empty_sample_space_error(t: TaskSpec) -> DataError:
+    """The error of a task with no training row in its sample space (checked on all the
+    training rows: :func:`fit_and_encode`, and the streaming fit pass)."""
+    return DataError(
+        column=t.label,
+        expected=f"at least one training row in task '{t.name}''s sample space",
+        found="none (check its label column and sample_space condition)",
+    )
 
 
 def positive_values_error(t: TaskSpec, values: List[object]) -> DataError:
@@ -289,21 +286,11 @@ def _has_bools(values: List[object]) -> bool:
 
 def scan_data(spec: Spec) -> List[str]:
     """Read every row, fit the transforms and encode as training would, applying the data
-    policies: the errors training would meet, found before it starts. Non-streaming
-    reading: every row is loaded into memory.
+    policies (:func:`torchrec_ple.data.pipeline.scan_data`).
 
     Returns:
         List[str]: per split, the rows and what the policies changed or dropped.
     """
-    train, validation = load_tables(spec)
-    transforms, enc_train, enc_valid = fit_and_encode(spec, train, validation)
-    lines = [check_memory(spec, transforms.tables())]
-    for split, enc in (("train", enc_train), ("validation", enc_valid)):
-        if enc is None:
-            continue
-        rep = enc.report
-        lines.append(
-            f"{split} ({data_location(spec, split)}): {rep['rows']} rows read, {enc.num_rows} kept"
-        )
-        lines += [f"  {line}" for line in describe_report(rep)]
-    return lines
+    from torchrec_ple.data.pipeline import scan_data as scan
+
+    return scan(spec)

@@ -8,7 +8,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_ple.data.transforms import FeatureTransforms, TableInfo
 from torchrec_ple.models.multitask import MultiTaskModel
-from torchrec_ple.modules import TaskTowers, build_head
+from torchrec_ple.modules import TaskTowers
+from torchrec_ple.registry import HEADS
 from torchrec_ple.spec.schema import Spec
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -40,7 +41,8 @@ def build_model(
             DistributedModelParallel materialize only each rank's shards. Default: cpu.
 
     Returns:
-        MultiTaskModel: the unsharded model.
+        MultiTaskModel: the unsharded model: embedding tables, the head registered under
+        ``model.architecture`` (built by its ``from_spec``) and the task towers.
     """
     tables = transforms.tables()
     ebc = None
@@ -53,16 +55,7 @@ def build_model(
         emb_dim = sum(dims[spec.table_of(f)] for f in spec.sparse_features)
     dense_dim = transforms.dense_dim
     m = spec.model
-    head = build_head(
-        m.architecture,
-        emb_dim + dense_dim,
-        len(spec.tasks),
-        num_levels=m.levels,
-        num_shared_experts=m.shared_experts,
-        num_task_experts=m.task_experts,
-        expert_dims=list(m.expert_dims),
-        activation=m.activation,
-        dropout=m.dropout,
-    )
+    # the head registered as m.architecture builds itself from the keys it declares
+    head = HEADS.get(m.architecture).from_spec(emb_dim + dense_dim, len(spec.tasks), m)
     towers = TaskTowers(list(head.output_dims), list(m.tower_dims))
     return MultiTaskModel(ebc, dense_dim, head, towers)

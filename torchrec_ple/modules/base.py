@@ -1,9 +1,31 @@
-"""The interface every multi-task head implements."""
+"""The interface every multi-task head implements, and how a head declares itself to the
+registry (the model keys it is built from, its spec checks, its gate layout)."""
 
-from typing import Dict, List, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+#: A key path in the spec, e.g. ``("model", "shared_experts")``.
+KeyPath = Tuple[Union[str, int], ...]
+
+
+class SpecReporter(Protocol):
+    """What a head's ``check_spec`` reports problems through (the spec checker).
+
+    ``err(path, expected, found, hint=...)`` records one located error: the key path, what
+    was expected, what was found and an optional hint; the checker adds file and line.
+    """
+
+    def err(
+        self,
+        path: KeyPath,
+        expected: str,
+        found: Optional[str] = None,
+        *,
+        did_you_mean: Optional[str] = None,
+        hint: Optional[str] = None,
+    ) -> None: ...
 
 
 class MultiTaskHead(nn.Module):
@@ -26,6 +48,18 @@ class MultiTaskHead(nn.Module):
       experts, then the shared experts. Within a shared gate: task 0's experts, task 1's
       experts, ..., then the shared experts. Heads without gates return an empty dict.
 
+    A head class is also its own entry in the registry (``model.architecture``): it registers
+    with ``@HEADS.register(name)`` (``torchrec_ple.registry``) and declares, at class level,
+
+    * ``spec_args``: constructor keyword -> the ``model:`` key it is built from (the keys
+      the head uses); ``from_spec`` builds the head from them. The constructor itself takes
+      explicit arguments only.
+    * ``check_spec``: what it needs of those keys beyond their types (expert counts), in
+      the spec's error format.
+    * ``has_gates`` and ``gate_layout``: whether it reports gates, and the experts each one
+      mixes, named by task.
+    * ``matching_overrides``: how ``compare --match-experts`` evens its expert budget.
+
     Args:
         in_features (int): width ``D`` of the input.
         num_tasks (int): number of tasks ``K``; at least 1.
@@ -38,6 +72,84 @@ class MultiTaskHead(nn.Module):
     """
 
     __jit_unused_properties__ = ["output_dims", "num_tasks", "in_features"]
+
+    #: Constructor keyword -> the ``model:`` key (of the spec's ``ModelSpec``) it comes from.
+    spec_args: ClassVar[Dict[str, str]] = {
+        "expert_dims": "expert_dims",
+        "activation": "activation",
+        "dropout": "dropout",
+    }
+    #: Whether ``forward_with_gates`` reports gates (then ``gate_layout`` names their experts).
+    has_gates: ClassVar[bool] = False
+
+    @classmethod
+    def model_keys(cls) -> List[str]:
+        """The ``model:`` keys this head is built from (``tower_dims`` is every model's)."""
+        return list(cls.spec_args.values())
+
+    @classmethod
+    def from_spec(
+        cls, in_features: int, num_tasks: int, model: Any, **options: Any
+    ) -> "MultiTaskHead":
+        """Builds the head from the spec's ``model:`` section.
+
+        Args:
+            in_features (int): input width ``D``.
+            num_tasks (int): number of tasks ``K``.
+            model (Any): the ``model:`` section (a ``ModelSpec``, or any object with the
+                attributes ``spec_args`` names).
+            **options (Any): further constructor keywords (``build_head``'s extras).
+
+        Returns:
+            MultiTaskHead: the head.
+        """
+        kwargs: Dict[str, Any] = {}
+        for arg, key in cls.spec_args.items():
+            value = getattr(model, key)
+            kwargs[arg] = list(value) if isinstance(value, list) else value
+        return cls(in_features, num_tasks, **kwargs, **options)  # type: ignore[call-arg]
+
+    @classmethod
+    def check_spec(cls, checks: SpecReporter, path: KeyPath, model: Any) -> None:
+        """Reports what the head cannot be built from, after the ``model:`` keys' own checks
+        (counts are >= 0 here). Default: at least one expert.
+
+        Args:
+            checks (SpecReporter): the spec checker (``checks.err(...)``).
+            path (KeyPath): the section's key path, ``("model",)``.
+            model (Any): the ``model:`` section.
+        """
+        s, t = model.shared_experts, model.task_experts
+        if s + t < 1:
+            expected = "shared_experts + task_experts >= 1"
+            checks.err(path + ("shared_experts",), expected, f"{s} + {t}", hint="no expert at all")
+
+    @classmethod
+    def matching_overrides(cls, model: Any, num_tasks: int) -> List[Tuple[str, Any]]:
+        """Spec overrides that give this head the expert budget of the others
+        (``compare --match-experts``); none by default.
+
+        Args:
+            model (Any): the ``model:`` section.
+            num_tasks (int): number of tasks.
+
+        Returns:
+            List[Tuple[str, Any]]: ``(key.path, value)`` pairs.
+        """
+        return []
+
+    def gate_layout(self, task_names: Sequence[str]) -> Dict[str, List[str]]:
+        """The experts each gate mixes, in the column order of ``forward_with_gates``.
+
+        Args:
+            task_names (Sequence[str]): the tasks' names, in task order.
+
+        Returns:
+            Dict[str, List[str]]: gate key (``"level{j}/task{k}"``, ``"level{j}/shared"``) ->
+            expert names (``"{task}/{i}"`` for task ``task``'s ``i``-th expert,
+            ``"shared/{i}"`` for a shared one); empty for heads without gates.
+        """
+        return {}
 
     def __init__(self, in_features: int, num_tasks: int) -> None:
         super().__init__()

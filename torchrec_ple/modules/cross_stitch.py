@@ -13,6 +13,7 @@ from torchrec_ple.modules.mlp import (
     make_activation,
     make_dropout,
 )
+from torchrec_ple.registry import HEADS
 
 
 def near_identity(n: int, diagonal: float = 0.9) -> torch.Tensor:
@@ -55,6 +56,7 @@ class _CrossStitchLayer(nn.Module):
         return torch.mm(self.alpha, h.reshape(k, -1)).view(k, -1, self._out_features)
 
 
+@HEADS.register("cross_stitch")
 class CrossStitch(MultiTaskHead):
     """Cross-stitch network: one column (MLP) per task, and after every layer a learned
     ``K x K`` matrix ``alpha`` mixing the columns' hidden units: ``h'_k = sum_l alpha[k, l]

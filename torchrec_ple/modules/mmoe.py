@@ -1,11 +1,35 @@
 """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018) and its stacked variant."""
 
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
-from torchrec_ple.modules.ple import ExtractionNetwork
+from torchrec_ple.modules.base import KeyPath, MultiTaskHead, SpecReporter
+from torchrec_ple.modules.extraction import ExtractionNetwork
+from torchrec_ple.registry import HEADS
 
 
-class MMoE(ExtractionNetwork):
+class _SharedExpertsOnly(ExtractionNetwork):
+    """What MMoE and ML-MMoE declare alike: their experts are ``model.shared_experts``, all
+    shared (``model.task_experts`` is not used)."""
+
+    spec_args = {**MultiTaskHead.spec_args, "num_experts": "shared_experts"}
+
+    @classmethod
+    def check_spec(cls, checks: SpecReporter, path: KeyPath, model: Any) -> None:
+        """The gates need at least one (shared) expert."""
+        s = model.shared_experts
+        if s < 1:
+            hint = "MMoE experts are all shared"
+            checks.err(path + ("shared_experts",), "shared_experts >= 1", str(s), hint=hint)
+
+    @classmethod
+    def matching_overrides(cls, model: Any, num_tasks: int) -> List[Tuple[str, Any]]:
+        """As many experts per level as CGC / PLE have: ``shared + tasks * task_experts``."""
+        n = model.shared_experts + num_tasks * model.task_experts
+        return [("model.shared_experts", max(n, 1))]
+
+
+@HEADS.register("mmoe")
+class MMoE(_SharedExpertsOnly):
     """Multi-gate Mixture-of-Experts: ``num_experts`` experts shared by all tasks, and one
     softmax gate per task over all of them.
 
@@ -52,7 +76,8 @@ class MMoE(ExtractionNetwork):
         )
 
 
-class MultiLevelMMoE(ExtractionNetwork):
+@HEADS.register("ml_mmoe")
+class MultiLevelMMoE(_SharedExpertsOnly):
     """ML-MMoE: ``num_levels`` stacked MMoE levels.
 
     Level ``j`` (from 0) has ``num_experts`` experts shared by all tasks, one gate per task and,
@@ -84,6 +109,8 @@ class MultiLevelMMoE(ExtractionNetwork):
         outputs, gates = ml_mmoe.forward_with_gates(torch.randn(4, 16))
         # gates: level0/task0, level0/task1, level0/shared, level1/task0, level1/task1
     """
+
+    spec_args = {**_SharedExpertsOnly.spec_args, "num_levels": "levels"}
 
     def __init__(
         self,

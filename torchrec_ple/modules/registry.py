@@ -1,31 +1,17 @@
-"""Architecture names to head classes, and one uniform way to build any head."""
+"""``build_head``: any registered head from one uniform set of keyword arguments.
 
-from typing import Dict, List, Optional, Type
+The heads themselves are in ``HEADS`` (``torchrec_ple.registry``), where each head class
+registers itself; this module only maps the uniform keywords onto a head's ``from_spec``.
+"""
+
+import inspect
+from types import SimpleNamespace
+from typing import List, Optional
 
 from torchrec_ple.modules.base import MultiTaskHead
-from torchrec_ple.modules.cross_stitch import CrossStitch
-from torchrec_ple.modules.mmoe import MMoE, MultiLevelMMoE
-from torchrec_ple.modules.ple import CGC, PLE
-from torchrec_ple.modules.sharing import (
-    AsymmetricSharing,
-    CustomizedSharing,
-    SharedBottom,
-    SingleTask,
-)
-from torchrec_ple.modules.sluice import Sluice
+from torchrec_ple.registry import HEADS
 
-HEADS: Dict[str, Type[MultiTaskHead]] = {
-    "single_task": SingleTask,
-    "shared_bottom": SharedBottom,
-    "asymmetric": AsymmetricSharing,
-    "customized": CustomizedSharing,
-    "cross_stitch": CrossStitch,
-    "sluice": Sluice,
-    "mmoe": MMoE,
-    "ml_mmoe": MultiLevelMMoE,
-    "cgc": CGC,
-    "ple": PLE,
-}
+__all__ = ["HEADS", "build_head"]
 
 
 def build_head(
@@ -44,9 +30,10 @@ def build_head(
 ) -> MultiTaskHead:
     """Builds the head called ``architecture`` from one uniform set of arguments.
 
-    Every head takes ``in_features``, ``num_tasks``, ``expert_dims`` (the expert widths, or
-    for heads without experts the bottom / column widths), ``activation`` and ``dropout``.
-    The other arguments are used by these heads and ignored by the rest:
+    The keywords stand for the ``model:`` keys (``num_levels`` for ``levels``,
+    ``num_shared_experts`` for ``shared_experts``, ``num_task_experts`` for ``task_experts``,
+    and ``expert_dims``, ``activation``, ``dropout``); each head takes the ones its
+    ``spec_args`` names and ignores the rest:
 
     ================  ==============================================================
     architecture      also uses
@@ -63,8 +50,11 @@ def build_head(
     ple               ``num_levels``, ``num_shared_experts``, ``num_task_experts``
     ================  ==============================================================
 
+    ``source_task`` and ``num_subspaces`` (no ``model:`` keys) go to the heads whose
+    constructor takes them.
+
     Args:
-        architecture (str): a key of ``HEADS``.
+        architecture (str): a name registered in ``HEADS``.
         in_features (int): input width ``D``.
         num_tasks (int): number of tasks ``K``.
         num_levels (int): extraction levels (ple, ml_mmoe). Default: 2.
@@ -81,38 +71,25 @@ def build_head(
     Returns:
         MultiTaskHead: the head.
 
+    Raises:
+        ValueError: for a name that is not registered (one line naming the known ones).
+
     Example::
 
         head = build_head("ple", 16, 2, num_levels=2, expert_dims=[32, 8])
     """
-    common = dict(expert_dims=expert_dims, activation=activation, dropout=dropout)
-    if architecture in ("single_task", "shared_bottom", "customized", "cross_stitch"):
-        return HEADS[architecture](in_features, num_tasks, **common)  # type: ignore[arg-type]
-    if architecture == "asymmetric":
-        return AsymmetricSharing(in_features, num_tasks, source_task=source_task, **common)
-    if architecture == "sluice":
-        return Sluice(in_features, num_tasks, num_subspaces=num_subspaces, **common)
-    if architecture == "mmoe":
-        return MMoE(in_features, num_tasks, num_experts=num_shared_experts, **common)
-    if architecture == "ml_mmoe":
-        return MultiLevelMMoE(
-            in_features, num_tasks, num_experts=num_shared_experts, num_levels=num_levels, **common
-        )
-    if architecture == "cgc":
-        return CGC(
-            in_features,
-            num_tasks,
-            num_shared_experts=num_shared_experts,
-            num_task_experts=num_task_experts,
-            **common,
-        )
-    if architecture == "ple":
-        return PLE(
-            in_features,
-            num_tasks,
-            num_levels=num_levels,
-            num_shared_experts=num_shared_experts,
-            num_task_experts=num_task_experts,
-            **common,
-        )
-    raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(HEADS)}")
+    cls = HEADS.find(architecture)
+    if cls is None:
+        raise ValueError(HEADS.unknown(architecture))
+    model = SimpleNamespace(
+        levels=num_levels,
+        shared_experts=num_shared_experts,
+        task_experts=num_task_experts,
+        expert_dims=[64, 32] if expert_dims is None else expert_dims,
+        activation=activation,
+        dropout=dropout,
+    )
+    extras = {"source_task": source_task, "num_subspaces": num_subspaces}
+    takes = inspect.signature(cls).parameters
+    options = {k: v for k, v in extras.items() if k in takes}
+    return cls.from_spec(in_features, num_tasks, model, **options)

@@ -7,12 +7,14 @@ import torch
 
 from torchrec_ple.modules.base import MultiTaskHead
 from torchrec_ple.modules.mlp import MLP, ParamSlice, StackedMLP, check_dims
+from torchrec_ple.registry import HEADS
 
 
 def _dims(expert_dims: Optional[List[int]]) -> List[int]:
     return check_dims("expert_dims", [64, 32] if expert_dims is None else expert_dims)
 
 
+@HEADS.register("single_task")
 class SingleTask(MultiTaskHead):
     """One independent bottom MLP per task; no parameter is shared between tasks.
 
@@ -65,6 +67,7 @@ class SingleTask(MultiTaskHead):
         return outputs
 
 
+@HEADS.register("shared_bottom")
 class SharedBottom(MultiTaskHead):
     """Hard parameter sharing: one bottom MLP whose output every task receives.
 
@@ -109,6 +112,7 @@ class SharedBottom(MultiTaskHead):
         return outputs
 
 
+@HEADS.register("asymmetric")
 class AsymmetricSharing(MultiTaskHead):
     """Asymmetric sharing: every task has its own bottom, and the source task's bottom output
     is also fed to every other task.
@@ -177,6 +181,7 @@ class AsymmetricSharing(MultiTaskHead):
         return outputs
 
 
+@HEADS.register("customized")
 class CustomizedSharing(MultiTaskHead):
     """Customized sharing: a shared bottom plus one specific bottom per task, concatenated.
 

@@ -8,6 +8,7 @@ from torch import nn
 from torchrec_ple.modules.base import MultiTaskHead
 from torchrec_ple.modules.cross_stitch import near_identity
 from torchrec_ple.modules.mlp import StackedLinear, check_dims, make_activation, make_dropout
+from torchrec_ple.registry import HEADS
 
 
 class _SluiceLayer(nn.Module):
@@ -58,6 +59,7 @@ class _SluiceLayer(nn.Module):
         return h, h
 
 
+@HEADS.register("sluice")
 class Sluice(MultiTaskHead):
     """Sluice network: one column (MLP) per task, each layer's units split into
     ``num_subspaces`` subspaces, with learned static mixing across tasks and across layers.

@@ -20,44 +20,65 @@ The program's contract (also written to the manifest)::
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import warnings
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-import yaml
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_ple.data.transforms import FeatureTransforms
-from torchrec_ple.models.builder import build_model
 from torchrec_ple.models.multitask import MultiTaskModel
+from torchrec_ple.serving.model_folder import (
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    PROGRAM_FILE,
+    SCRIPT_FILE,
+    SPEC_FILE,
+    TRANSFORMS_FILE,
+    ExportedModel,
+    PathLike,
+    _first_line,
+    _quiet_fx_notice,
+    check_no_pickle,
+    is_model_dir,
+    load_exported,
+    program_on,
+)
 from torchrec_ple.spec.errors import DataError
-from torchrec_ple.spec.loader import parse_spec
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import DropMessages
-from torchrec_ple.train.run_dir import check_out_folder
+from torchrec_ple.train.run_dir import RunDir, check_out_folder, describe_checkpoint
+from torchrec_ple.train.run_spec import load_saved_spec, saved_spec_text
+
+__all__ = [
+    "ExportedModel",
+    "MANIFEST_FILE",
+    "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "PROGRAM_FILE",
+    "SCRIPT_FILE",
+    "SPEC_FILE",
+    "TRANSFORMS_FILE",
+    "ServingModel",
+    "check_no_pickle",
+    "program_on",
+    "check_export_out",
+    "export_model",
+    "is_model_dir",
+    "load_exported",
+    "load_saved_spec",
+    "load_unsharded",
+    "resolve_run",
+    "serving_model",
+]
 
 logger = logging.getLogger("torchrec_ple")
-
-MANIFEST_FILE = "manifest.json"
-PROGRAM_FILE = "model.pt2"
-SCRIPT_FILE = "model.ts"
-TRANSFORMS_FILE = "transforms.json"
-SPEC_FILE = "spec.yaml"
-MANIFEST_FORMAT = "torchrec-ple-model"
-MANIFEST_VERSION = 1
-# The trainer wraps the model as ``MultiTaskTrainModule.model``: DMP state-dict keys carry it.
-CHECKPOINT_PREFIX = "model."
-
-PathLike = Union[str, Path]
 
 
 class ServingModel(nn.Module):
@@ -106,73 +127,15 @@ class ServingModel(nn.Module):
         return torch.where(self._is_binary, torch.sigmoid(out), out)
 
 
-@dataclass
-class ExportedModel:
-    """A loaded model folder.
-
-    Args:
-        module (nn.Module): callable ``(dense, values, lengths) -> (B, K)`` scores.
-        spec (Spec): the run's resolved spec.
-        transforms (FeatureTransforms): the run's fitted transforms.
-        manifest (Dict[str, Any]): the folder's ``manifest.json``.
-    """
-
-    module: nn.Module
-    spec: Spec
-    transforms: FeatureTransforms
-    manifest: Dict[str, Any]
-
-    @torch.no_grad()
-    def __call__(
-        self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        return self.module(dense, values, lengths)
-
-
 # ---------------------------------------------------------------------------- loading runs
 
 
-def load_saved_spec(directory: PathLike, overrides: Sequence[str] = ()) -> Spec:
-    """The resolved ``spec.yaml`` a run directory or a model folder holds.
-
-    Data paths in it are not checked (serving needs none of them); ``fit`` saves them
-    absolute, so ``evaluate`` finds the run's data from the folder alone.
-
-    Args:
-        directory (PathLike): the run directory or model folder.
-        overrides (Sequence[str]): ``key.path=value`` overrides (``--set``). Default: none.
-    """
-    path = Path(directory) / SPEC_FILE
-    if not path.is_file():
-        raise DataError(
-            file=str(path), expected="the spec.yaml written by fit or export", found="nothing"
-        )
-    return parse_spec(path.read_text(encoding="utf-8"), path, overrides)
-
-
 def resolve_run(run_dir: PathLike, which: Optional[str] = None) -> Tuple[Path, Path]:
-    """(checkpoint directory, transforms.json) of a run directory or one of its checkpoints.
-
-    ``which`` picks a run directory's checkpoint: ``best``, ``last``, a step, or None (the
-    best when the run was fitted with ``train.select``, else the last); see
-    :func:`torchrec_ple.train.trainer.resolve_checkpoint`.
-
-    Refuses a checkpoint older than the run's ``transforms.json``: a fresh ``fit`` writes
-    its transforms before any checkpoint, so such a checkpoint was left in the directory
-    by an earlier fit (whose model need not match these transforms).
-    """
-    from torchrec_ple.train.trainer import resolve_checkpoint
-
-    ckpt, transforms_path = resolve_checkpoint(Path(run_dir), which)
-    meta = ckpt / "trainer.json"
-    if meta.is_file() and meta.stat().st_mtime < transforms_path.stat().st_mtime:
-        raise DataError(
-            file=str(ckpt),
-            expected=f"a checkpoint written after {transforms_path.name} (by the same fit)",
-            found="an older one, left by an earlier fit into this directory",
-            hint="remove the stale checkpoints/step_* folders or fit into a new directory",
-        )
-    return ckpt, transforms_path
+    """(checkpoint directory, transforms.json) of a run directory or one of its checkpoints,
+    refusing a checkpoint older than the run's ``transforms.json`` (see
+    :meth:`~torchrec_ple.train.run_dir.RunDir.locate`)."""
+    run, ckpt = RunDir.locate(Path(run_dir), which, fresh=True)
+    return ckpt, run.transforms_file
 
 
 def load_unsharded(
@@ -181,18 +144,14 @@ def load_unsharded(
     which: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
 ) -> Tuple[MultiTaskModel, FeatureTransforms]:
-    """Build the model unsharded and load a fit run's DCP checkpoint into it (on CPU, then
-    moved to ``device``).
-
-    The checkpoint's ``model`` entry is the DMP state dict of ``MultiTaskTrainModule``;
-    its ``model.`` prefix is mapped away. DCP reads it without a process group
-    (``no_dist=True``), whatever world size and sharding wrote it.
+    """Build the model unsharded and load a fit run's checkpoint into it (see
+    :meth:`~torchrec_ple.train.run_dir.RunDir.load_unsharded`).
 
     Args:
         spec (Optional[Spec]): the run's spec; ``None`` reads the run's ``spec.yaml``.
         run_dir (PathLike): ``fit``'s output directory, or one ``checkpoints/step_*``.
-        which (Optional[str]): the run's checkpoint (see :func:`resolve_run`). Default:
-            the best, else the last.
+        which (Optional[str]): the run's checkpoint: ``best``, ``last``, a step, or None
+            (the best, else the last).
         device (Union[str, torch.device]): where the loaded model computes (a checkpoint
             written on GPUs loads on CPU and vice versa). Default: ``cpu``.
 
@@ -200,30 +159,8 @@ def load_unsharded(
         Tuple[MultiTaskModel, FeatureTransforms]: the model in eval mode, and the run's
         transforms.
     """
-    import torch.distributed.checkpoint as dcp
-
-    ckpt, transforms_path = resolve_run(run_dir, which)
-    if spec is None:
-        spec = load_saved_spec(transforms_path.parent)
-    transforms = FeatureTransforms.load(spec, transforms_path)
-    model = build_model(spec, transforms, device="cpu")
-    state = {CHECKPOINT_PREFIX + k: v for k, v in model.state_dict().items()}
-    try:
-        with warnings.catch_warnings():
-            # no_dist=True is the intent: DCP still warns that it loads in one process.
-            warnings.filterwarnings(
-                "ignore", message=r"torch.distributed is disabled", category=UserWarning
-            )
-            dcp.load({"model": state}, checkpoint_id=str(ckpt), no_dist=True)
-    except Exception as e:  # DCP raises CheckpointException / RuntimeError with long texts
-        raise DataError(
-            file=str(ckpt),
-            expected="a checkpoint of a model built from this spec and transforms",
-            found=_first_line(e),
-        ) from e
-    model.load_state_dict({k[len(CHECKPOINT_PREFIX) :]: v for k, v in state.items()})
-    model.eval()
-    return model.to(device), transforms
+    run, ckpt = RunDir.locate(Path(run_dir), which, fresh=True)
+    return run.load_unsharded(spec if spec is not None else run.load_spec(), ckpt, device)
 
 
 def serving_model(spec: Spec, model: MultiTaskModel) -> ServingModel:
@@ -277,18 +214,6 @@ def export_program(serving: ServingModel, spec: Spec) -> torch.export.ExportedPr
         logging.getLogger().removeFilter(quiet)
 
 
-_FX_NOTICE = "is_fx_tracing will return true"
-
-
-def _quiet_fx_notice() -> None:
-    """Drop torch.fx's notice about ``is_fx_tracing`` under export (by its exact text, once)."""
-    fx_logger = logging.getLogger("torch.fx._symbolic_trace")
-    if not any(
-        isinstance(f, DropMessages) and _FX_NOTICE in f._fragments for f in fx_logger.filters
-    ):
-        fx_logger.addFilter(DropMessages(_FX_NOTICE))
-
-
 def export_model(
     spec: Optional[Spec],
     run_dir: PathLike,
@@ -321,14 +246,14 @@ def export_model(
         DataError: ``out_dir`` is a file, holds other files, or holds an earlier export
             without ``overwrite`` (checked before any work).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     check_export_out(out_dir, overwrite)
-    ckpt, transforms_path = resolve_run(run_dir, which)
-    source_dir = transforms_path.parent
-    spec_file = None if spec is not None else source_dir / SPEC_FILE
+    run, ckpt = RunDir.locate(Path(run_dir), which, fresh=True)
+    transforms_path = run.transforms_file
+    spec_file = None if spec is not None else run.spec_file
     if spec is None:
-        spec = load_saved_spec(source_dir)
-    model, _ = load_unsharded(spec, ckpt)
+        spec = run.load_spec()
+    model, _ = run.load_unsharded(spec, ckpt)
     serving = serving_model(spec, model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # beside out_dir, on the same filesystem, so the final rename is atomic
@@ -436,9 +361,7 @@ def _write_model_folder(
     if spec_file is not None:
         shutil.copyfile(spec_file, folder / SPEC_FILE)
     else:  # the spec the model was built from
-        from torchrec_ple.train.trainer import saved_spec_mapping
-
-        (folder / SPEC_FILE).write_text(yaml.safe_dump(saved_spec_mapping(spec), sort_keys=False))
+        (folder / SPEC_FILE).write_text(saved_spec_text(spec))
     manifest = build_manifest(spec, kind, file, ckpt, fallback_reason)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
@@ -448,8 +371,6 @@ def build_manifest(
 ) -> Dict[str, Any]:
     """The ``manifest.json`` content of a model folder."""
     import torchrec
-
-    from torchrec_ple.train.trainer import describe_checkpoint
 
     keys = [f.name for f in spec.sparse_features]
     dense = [f.name for f in spec.dense_features]
@@ -491,119 +412,3 @@ def _check_same(eager: nn.Module, exported: nn.Module, spec: Spec) -> None:
         a, b = eager(*inputs), exported(*inputs)
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"exported model differs from eager: max |diff| {(a - b).abs().max()}")
-
-
-# ---------------------------------------------------------------------------- loading exports
-
-
-def check_no_pickle(program_path: PathLike) -> None:
-    """Raise unless a ``torch.export.save`` archive loads without unpickling arbitrary objects.
-
-    ``torch.export.load`` unpickles (``weights_only=False``) only weights and constants
-    flagged ``use_pickle`` (tensor subclasses) or custom/opaque objects, which a program of
-    plain tensors has none of (read from the archive's JSON configs), and its sample inputs
-    when they fail to load with ``weights_only=True``: they are loaded so here first.
-    """
-    path = Path(program_path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            configs = [
-                n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))
-            ]
-            if not configs:
-                raise DataError(
-                    file=str(path),
-                    expected="a torch.export.save archive with weight configs",
-                    found=f"entries {names[:8]}",
-                )
-            for name in configs:
-                config = json.loads(zf.read(name)).get("config", {})
-                for fqn, payload in config.items():
-                    pickled = payload.get("use_pickle", False)
-                    kind = str(payload.get("path_name", ""))
-                    if pickled or kind.startswith(("custom_obj", "opaque_obj")):
-                        raise DataError(
-                            file=str(path),
-                            expected="only raw tensor payloads (loadable without pickle)",
-                            found=f"pickled payload {fqn!r} ({kind})",
-                        )
-            for name in names:
-                if "/sample_inputs/" in name:
-                    try:
-                        torch.load(io.BytesIO(zf.read(name)), weights_only=True)
-                    except Exception as e:
-                        raise DataError(
-                            file=str(path),
-                            expected="sample inputs loadable with weights_only=True",
-                            found=_first_line(e),
-                        ) from None
-    except zipfile.BadZipFile as e:
-        raise DataError(
-            file=str(path), expected="a torch.export.save archive", found=str(e)
-        ) from None
-
-
-def program_on(
-    program: torch.export.ExportedProgram, device: Union[str, torch.device]
-) -> torch.export.ExportedProgram:
-    """An exported program (traced on CPU) moved to ``device``: its weights, buffers and
-    the devices its graph names (``torch.export.passes.move_to_device_pass``)."""
-    from torch.export.passes import move_to_device_pass
-
-    return move_to_device_pass(program, str(torch.device(device)))
-
-
-def load_exported(model_dir: PathLike, device: Union[str, torch.device] = "cpu") -> ExportedModel:
-    """Load a model folder written by :func:`export_model`.
-
-    ``model.pt2`` is loaded with ``torch.export.load`` after :func:`check_no_pickle`;
-    a TorchScript fallback (``model.ts``) with ``torch.jit.load``, whose restricted
-    unpickler builds only tensors and scripted modules.
-
-    Args:
-        model_dir (PathLike): the model folder.
-        device (Union[str, torch.device]): where the program computes; a GPU moves the
-            CPU-traced program there (:func:`program_on`). Default: ``cpu``.
-
-    Returns:
-        ExportedModel: the callable program with its spec, transforms and manifest.
-    """
-    model_dir = Path(model_dir)
-    manifest_path = model_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise DataError(
-            file=str(manifest_path), expected="a model folder written by export", found="nothing"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
-        raise DataError(
-            file=str(manifest_path),
-            expected=f"{MANIFEST_FORMAT} manifest version {MANIFEST_VERSION}",
-            found=f"{manifest.get('format')} version {manifest.get('version')}",
-        )
-    spec = load_saved_spec(model_dir)
-    transforms = FeatureTransforms.load(spec, model_dir / TRANSFORMS_FILE)
-    file = model_dir / manifest["file"]
-    _quiet_fx_notice()
-    if manifest["kind"] == "torch.export":
-        check_no_pickle(file)
-        with open(file, "rb") as f:
-            program = torch.export.load(io.BytesIO(f.read()))
-        if torch.device(device).type != "cpu":
-            program = program_on(program, device)
-        module: nn.Module = program.module()
-    else:
-        module = torch.jit.load(str(file), map_location=torch.device(device))
-        module.eval()
-    return ExportedModel(module, spec, transforms, manifest)
-
-
-def is_model_dir(path: PathLike) -> bool:
-    """True for a model folder of :func:`export_model` (it has a manifest)."""
-    return (Path(path) / MANIFEST_FILE).is_file()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from torchrec_ple.registry import FEATURE_KINDS
 from torchrec_ple.serving.export import (
     MANIFEST_FILE,
     SPEC_FILE,
@@ -88,9 +89,10 @@ def column_kinds(spec: Spec) -> Dict[str, Tuple[str, str]]:
         if f.column in kinds:
             continue
         item = ID if f.num_embeddings is not None else CATEGORY
-        if not f.is_sparse or f.buckets is not None:
+        column_kind = FEATURE_KINDS.get(f.type).column_kind
+        if column_kind == "numeric":
             kinds[f.column] = (NUMBER, "")
-        elif f.type == "sequence":
+        elif column_kind == "list":
             kinds[f.column] = (TEXT, "") if f.separator is not None else (LIST, item)
         else:
             kinds[f.column] = (item, "")

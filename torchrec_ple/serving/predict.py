@@ -25,17 +25,12 @@ import torch
 from torchrec_ple.data.batch import build_batch
 from torchrec_ple.data.sources import file_format, read_table, require_columns
 from torchrec_ple.data.transforms import EncodedData, FeatureTransforms
-from torchrec_ple.serving.export import (
-    is_model_dir,
-    load_exported,
-    load_saved_spec,
-    load_unsharded,
-    resolve_run,
-    serving_model,
-)
+from torchrec_ple.serving.export import serving_model
+from torchrec_ple.serving.model_folder import is_model_dir, load_exported
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FileSpec, Spec
-from torchrec_ple.train.run_dir import check_out_file
+from torchrec_ple.train.run_dir import RunDir, check_out_file
+from torchrec_ple.train.scoring import score_batches
 
 PathLike = Union[str, Path]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,7 +47,7 @@ class Scorer:
             :mod:`torchrec_ple.serving.export` for the contract).
         source (str): ``run`` (in-process model) or ``export`` (exported program).
         checkpoint (str): for ``run``, which checkpoint of the run (see
-            :func:`~torchrec_ple.train.trainer.describe_checkpoint`). Default: empty.
+            :meth:`~torchrec_ple.train.run_dir.RunDir.describe`). Default: empty.
         device (torch.device): where ``fn`` computes; inputs are built on CPU and copied
             there, scores come back to CPU. Default: CPU.
 
@@ -74,17 +69,19 @@ class Scorer:
     def task_names(self) -> List[str]:
         return [t.name for t in self.spec.tasks]
 
-    @torch.no_grad()
     def score_encoded(self, data: EncodedData, batch_size: int = 4096) -> np.ndarray:
         """(N, K) float32 scores of every row of encoded data, in row order."""
-        parts = []
-        for start in range(0, data.num_rows, batch_size):
-            rows = np.arange(start, min(start + batch_size, data.num_rows), dtype=np.int64)
+        chunks = (
+            np.arange(start, min(start + batch_size, data.num_rows), dtype=np.int64)
+            for start in range(0, data.num_rows, batch_size)
+        )
+
+        def score(rows: np.ndarray) -> Tuple[torch.Tensor]:
             inputs = [t.to(self.device) for t in model_inputs(data, rows)]
-            parts.append(self.fn(*inputs).float().cpu().numpy())
-        if not parts:
-            return np.zeros((0, len(self.spec.tasks)), np.float32)
-        return np.concatenate(parts)
+            return (self.fn(*inputs).float().cpu(),)
+
+        empty = torch.zeros(0, len(self.spec.tasks), dtype=torch.float32)
+        return score_batches(chunks, score, [empty])[0].numpy()
 
     def score_table(self, table: pa.Table, batch_size: int = 4096) -> np.ndarray:
         """(N, K) float32 scores of raw rows (label columns optional), one per row.
@@ -144,14 +141,12 @@ def load_scorer(
         _check_same_io(spec, exported.manifest, path)
         transforms = FeatureTransforms(spec, exported.transforms.state)
         return Scorer(spec, transforms, exported, "export", device=dev)
-    ckpt, transforms_path = resolve_run(path, which)
+    run, ckpt = RunDir.locate(path, which, fresh=True)
     if spec is None:
-        spec = load_saved_spec(transforms_path.parent)
-    model, transforms = load_unsharded(spec, ckpt, device=dev)
-    from torchrec_ple.train.trainer import describe_checkpoint
-
+        spec = run.load_spec()
+    model, transforms = run.load_unsharded(spec, ckpt, device=dev)
     scorer = Scorer(spec, transforms, serving_model(spec, model), "run", device=dev)
-    scorer.checkpoint = describe_checkpoint(ckpt)
+    scorer.checkpoint = run.describe(ckpt)
     return scorer
 
 

@@ -1,31 +1,31 @@
-"""The checker's reporting and conversion core, shared by the section checks."""
+"""The checker's reporting core, shared by the section checks.
+
+:class:`Checks` records located, one-line :class:`~torchrec_ple.spec.errors.SpecError`\ s
+(``err``) and offers the small checks every section uses (``choice``, ``at_least``,
+``within``, ``unique_names``). The conversion of plain data into dataclasses is
+:class:`~torchrec_ple.spec.convert.Converter`'s; the section checks are mixins
+(``check_data.DataChecks``, ...) composed by :class:`~torchrec_ple.spec.checker.SpecChecker`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Union, get_args, get_origin
+from typing import Any, Dict, List, Optional, Sequence, Set
 
-from torchrec_ple.spec.convert import (
-    _BAD,
-    _FLOAT_TEXT,
-    _SHORTHANDS,
-    _fields,
-    _is_bad,
-    _type_name,
-    _unoptional,
-)
 from torchrec_ple.spec.errors import SpecError, format_value
-from torchrec_ple.spec.keys import KeyPath, _close, _key, key_str
-from torchrec_ple.spec.schema import (
-    Spec,
-)
+from torchrec_ple.spec.keys import KeyPath, close_match, key_str
 
 
 class Checks:
-    """Converts plain data into schema dataclasses and records located errors."""
+    """Records located errors of a spec and holds what locating them needs.
+
+    Args:
+        raw (Any): the YAML data after ``--set`` overrides (and Feast tags).
+        lines (Dict[KeyPath, int]): the 1-based line of every key path of the YAML.
+        overridden (Set[KeyPath]): key paths set by ``--set`` (reported without a line).
+        file (Optional[str]): the spec file, named in errors.
+        base (Path): the folder relative data paths resolve against.
+    """
 
     def __init__(
         self,
@@ -91,7 +91,7 @@ class Checks:
             path,
             "one of " + ", ".join(choices),
             format_value(value),
-            did_you_mean=_close(value, choices),
+            did_you_mean=close_match(value, choices),
         )
         return False
 
@@ -102,101 +102,6 @@ class Checks:
     def within(self, path: KeyPath, ok: bool, expected: str, value: float) -> None:
         if not ok:
             self.err(path, expected, format_value(value))
-
-    def convert(self, value: Any, tp: Any, path: KeyPath) -> Any:
-        if tp is Any:
-            return value
-        if get_origin(tp) is Union:
-            return None if value is None else self.convert(value, _unoptional(tp), path)
-        if dataclasses.is_dataclass(tp):
-            obj = self.mapping(value, tp, path)
-            return obj if obj is _BAD else tp(**obj)
-        if get_origin(tp) is dict:
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                self.err(path, _type_name(tp), format_value(value))
-                return _BAD
-            vt = get_args(tp)[1]
-            return {k: self.convert(v, vt, path + (k,)) for k, v in value.items()}
-        if get_origin(tp) is list:
-            if not isinstance(value, list):
-                self.err(path, _type_name(tp), format_value(value))
-                return _BAD
-            item = get_args(tp)[0]
-            return [self.convert(v, item, path + (i,)) for i, v in enumerate(value)]
-        if tp is bool and isinstance(value, bool):
-            return value
-        if tp is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if tp is str and isinstance(value, str):
-            return value
-        if tp is float:
-            return self.number(value, path)
-        if tp is Path and isinstance(value, str) and value:
-            return self.resolve(value, path)
-        self.err(path, _type_name(tp), format_value(value))
-        return _BAD
-
-    def number(self, value: Any, path: KeyPath) -> Any:
-        # PyYAML (YAML 1.1) reads `1e-3` as a string: accept numeric text for floats.
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok or (isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()) is not None)
-        try:
-            number = float(value) if ok else math.nan
-        except (OverflowError, ValueError):
-            number = math.nan
-        if ok and math.isfinite(number):
-            return number
-        self.err(path, "a finite number" if ok else "number", format_value(value))
-        return _BAD
-
-    def resolve(self, value: str, path: KeyPath) -> Path:
-        """A YAML path relative to the spec folder (a ``--set`` path: relative to cwd)."""
-        try:
-            value = os.path.expanduser(value)
-        except (ValueError, RuntimeError, KeyError):
-            pass  # an odd `~user`: keep the text as is
-        p = Path(value)
-        if not p.is_absolute():
-            p = (Path.cwd() if self.from_override(path) else self.base) / p
-        return Path(os.path.abspath(p))
-
-    def mapping(self, value: Any, cls: type, path: KeyPath) -> Any:
-        """Keyword arguments of ``cls`` from a YAML mapping, or ``_BAD``.
-
-        Fields that fail to convert are left out (``_BAD``) and make the result ``_BAD``
-        unless ``cls`` is :class:`Spec`, whose sections are checked one by one.
-        """
-        if value is None:  # an empty section (`model:`) means all defaults
-            value = {}
-        if isinstance(value, str) and cls in _SHORTHANDS:
-            value = {_SHORTHANDS[cls]: value}
-        if not isinstance(value, dict):
-            self.err(path, _type_name(cls), format_value(value))
-            return _BAD
-        fields = _fields(cls)
-        bad = False
-        for k in value:
-            if k not in fields:
-                p = path + (_key(k),)
-                self.err(
-                    p,
-                    "one of " + ", ".join(fields),
-                    format_value(k),
-                    did_you_mean=_close(k, fields),
-                )
-                bad = True
-        kwargs: Dict[str, Any] = {}
-        for key, (name, tp, required) in fields.items():
-            if key not in value:
-                if required:
-                    self.err(path + (key,), f"{_type_name(tp)} (required key)", "nothing")
-                    bad = True
-                continue
-            kwargs[name] = self.convert(value[key], tp, path + (key,))
-            bad = bad or _is_bad(kwargs[name])
-        if cls is Spec:
-            return kwargs
-        return _BAD if bad else kwargs
 
     def raw_at(self, path: KeyPath) -> Any:
         cur = self.raw

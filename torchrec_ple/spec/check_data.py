@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from torchrec_ple.registry import FEATURE_KINDS
 from torchrec_ple.spec.check_base import Checks
 from torchrec_ple.spec.errors import format_value
 from torchrec_ple.spec.keys import KeyPath, _close
 from torchrec_ple.spec.schema import (
-    DATA_SOURCES,
-    FEAST_SPLITS,
     FILE_FORMATS,
     DataSpec,
     FeatureSpec,
@@ -21,22 +20,20 @@ from torchrec_ple.spec.schema import (
     TaskSpec,
 )
 
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-_CSV_SUFFIXES = (".csv", ".tsv", ".data", ".test", ".txt")
-
-
-_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+# File suffixes, the one list of each (the data readers import them).
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".tsv", ".data", ".test", ".txt")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 _CSV_ONLY_KEYS = ("names", "separator", "na_values", "comment", "skip_rows")
 
 
-# Column kinds (see synthetic_columns) a feature type can read from the synthetic source.
+# Column kinds (see synthetic_columns) a feature can read from the synthetic source, by
+# the column kind of its type (FeatureKind.column_kind).
 _SYNTHETIC_FEATURE_KINDS = {
-    "sequence": ("list",),
-    "categorical": ("id", "label_binary"),
+    "list": ("list",),
+    "value": ("id", "label_binary"),
     "numeric": ("numeric", "label_binary", "label_regression"),
 }
 
@@ -75,16 +72,16 @@ def _synthetic_kind(column: str, s: SyntheticSpec) -> Optional[str]:
 def _plain_suffix(p: Path) -> str:
     """The suffix that names the format, skipping a compression suffix (``x.csv.gz``)."""
     suffixes = [s.lower() for s in p.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
         suffixes.pop()
     return suffixes[-1] if suffixes else ""
 
 
 def _infer_format(p: Path) -> Optional[str]:
     suffix = _plain_suffix(p)
-    if suffix in _PARQUET_SUFFIXES:
+    if suffix in PARQUET_SUFFIXES:
         return "parquet"
-    if suffix in _CSV_SUFFIXES:
+    if suffix in CSV_SUFFIXES:
         return "csv"
     # A directory (existing, or a suffix-less path to be written) holds Parquet parts.
     if os.path.isdir(p) or (not p.suffix and not os.path.exists(p)):
@@ -92,26 +89,25 @@ def _infer_format(p: Path) -> Optional[str]:
     return None
 
 
+def _streaming_sources() -> str:
+    """``the 'files' source``: the sources whose readers stream, for messages."""
+    from torchrec_ple.registry import READERS
+
+    names = [f"'{n}'" for n in READERS.names() if READERS.get(n).streams]
+    return f"the {names[0]} source" if len(names) == 1 else f"the {', '.join(names)} sources"
+
+
 class DataChecks(Checks):
     """Checks of the ``data:`` section (sources, files, synthetic columns)."""
 
     def check_data(self, d: DataSpec) -> None:
         P: KeyPath = ("data",)
-        self.choice(P + ("source",), d.source, DATA_SOURCES)
-        if d.source == "files" and d.train is None:
-            self.err(P + ("train",), "a training file for the 'files' source", "nothing")
-        if d.source == "feast":
-            if d.feast is None:
-                self.err(P + ("feast",), "a feast section for the 'feast' source", "nothing")
-            else:
-                F = P + ("feast",)
-                if (d.feast.feature_service is None) == (d.feast.features is None):
-                    self.err(
-                        F,
-                        "exactly one of feature_service, features",
-                        "both" if d.feast.features else "neither",
-                    )
-                self.choice(F + ("split",), d.feast.split, FEAST_SPLITS)
+        from torchrec_ple.registry import READERS  # the built-in readers load on first use
+
+        reader = None
+        if self.choice(P + ("source",), d.source, READERS.names()):
+            reader = READERS.get(d.source)
+            reader.check_spec(self, d, P)
         for name in ("train", "validation"):
             fs = getattr(d, name)
             if fs is not None:
@@ -122,8 +118,8 @@ class DataChecks(Checks):
         self.at_least(P + ("num_workers",), d.num_workers, 0)
         m = d.max_dropped_fraction
         self.within(P + ("max_dropped_fraction",), 0 <= m <= 1, "a number in [0, 1]", m)
-        if d.streaming and d.source != "files":
-            self.err(P + ("streaming",), "streaming only with the 'files' source", "true")
+        if d.streaming and reader is not None and not reader.streams:
+            self.err(P + ("streaming",), f"streaming only with {_streaming_sources()}", "true")
         if d.streaming and d.validation is None and self.given(P + ("validation_fraction",)):
             hint = "streaming cannot hold rows out: give data.validation"
             self.err(
@@ -144,7 +140,7 @@ class DataChecks(Checks):
         else:
             fmt = _infer_format(fs.path)
             if fmt is None:
-                suffixes = ", ".join(_PARQUET_SUFFIXES + _CSV_SUFFIXES)
+                suffixes = ", ".join(PARQUET_SUFFIXES + CSV_SUFFIXES)
                 expected = f"a path ending in {suffixes} or a directory (else set format)"
                 self.err(P + ("path",), expected, format_value(str(fs.path)))
                 return
@@ -185,7 +181,9 @@ class DataChecks(Checks):
 
         for i, f in features:
             kind = known(self.column_path(i), f.column)
-            allowed = _SYNTHETIC_FEATURE_KINDS.get(f.type, ())
+            feature_kind = FEATURE_KINDS.find(f.type)
+            column_kind = feature_kind.column_kind if feature_kind is not None else ""
+            allowed = _SYNTHETIC_FEATURE_KINDS.get(column_kind, ())
             if kind is not None and kind not in allowed:
                 self.err(
                     self.column_path(i),

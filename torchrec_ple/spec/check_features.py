@@ -1,20 +1,22 @@
-"""Checks of the ``features:`` section and the embedding tables they declare."""
+"""Checks of the ``features:`` section and the embedding tables they declare.
+
+The keys every feature shares are checked here; a kind checks its own keys
+(:meth:`torchrec_ple.features.FeatureKind.check`, found through
+:data:`~torchrec_ple.registry.FEATURE_KINDS`: this module does not import the kinds).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from torchrec_ple.registry import FEATURE_KINDS
 from torchrec_ple.spec.check_base import Checks
 from torchrec_ple.spec.convert import _BAD
 from torchrec_ple.spec.errors import format_value
 from torchrec_ple.spec.keys import KeyPath
 from torchrec_ple.spec.schema import (
     COMPUTE_KERNELS,
-    FEATURE_TYPES,
     NORMALIZERS,
-    ON_EMPTY,
-    ON_MISSING,
-    ON_OUT_OF_RANGE,
     POOLINGS,
     SHARDING_TYPES,
     FeatureSpec,
@@ -39,7 +41,12 @@ def _id_mapping(f: FeatureSpec) -> Tuple[str, str]:
 
 
 class FeatureChecks(Checks):
-    """Checks of the ``features:`` section and the embedding tables they declare."""
+    """Checks of the ``features:`` section and the embedding tables they declare.
+
+    The keys every feature shares are checked here; a kind checks its own keys
+    (:meth:`torchrec_ple.features.FeatureKind.check`, found through
+    :data:`~torchrec_ple.registry.FEATURE_KINDS`: this module does not import the kinds).
+    """
 
     def check_features(self, features: List[Any]) -> None:
         if not features:
@@ -83,138 +90,9 @@ class FeatureChecks(Checks):
         self.at_least(E + ("dim",), e.dim)
         if e.table is not None and not e.table:
             self.err(E + ("table",), "a non-empty table name", "''")
-        if not self.choice(P + ("type",), f.type, FEATURE_TYPES):
-            return
-        self.check_policies(f, P)
-        if f.type == "numeric":
-            self.check_numeric(f, P)
-            return
-        mappings = [
-            k for k in ("vocab", "hash_buckets", "num_embeddings") if getattr(f, k) is not None
-        ]
-        if len(mappings) > 1:
-            found = f"{mappings[0]} and {mappings[1]}"
-            self.err(
-                P + (mappings[1],), "exactly one of vocab, hash_buckets, num_embeddings", found
-            )
-        elif not mappings:
-            f.vocab = VocabSpec()  # the default id mapping: a vocabulary fitted on train
-        self.at_least(P + ("hash_buckets",), f.hash_buckets)
-        self.at_least(P + ("num_embeddings",), f.num_embeddings)
-        if f.vocab is not None:
-            self.at_least(P + ("vocab", "min_count"), f.vocab.min_count)
-            self.at_least(P + ("vocab", "max_size"), f.vocab.max_size)
-        for k in ("buckets", "fill", "clip"):
-            if getattr(f, k) is not None and not (k == "fill" and f.num_embeddings is not None):
-                self.err(
-                    P + (k,),
-                    f"no {k} on a {f.type} feature (numeric only"
-                    + (", or an id with num_embeddings)" if k == "fill" else ")"),
-                    format_value(self.raw_at(P + (k,))),
-                )
-        if f.type == "categorical":
-            for k in ("max_len", "separator"):
-                if getattr(f, k) is not None:
-                    self.err(
-                        P + (k,),
-                        f"no {k} on a categorical feature (sequence only)",
-                        format_value(getattr(f, k)),
-                    )
-        else:
-            self.at_least(P + ("max_len",), f.max_len)
-            if f.separator is not None and not f.separator:
-                self.err(P + ("separator",), "a non-empty separator", "''")
-
-    def check_policies(self, f: FeatureSpec, P: KeyPath) -> None:
-        """The data policies a feature of this kind takes; fills in the defaults."""
-        kind = f.kind
-        what = {"numeric": "a numeric", "sparse": "a vocabulary, hashed or bucketized"}
-        choices = ON_MISSING[kind]
-        if f.on_missing is None:
-            f.on_missing = choices[0]
-        elif self.choice(P + ("on_missing",), f.on_missing, choices):
-            if f.on_missing == "fill" and kind == "identity" and f.fill is None:
-                self.err(
-                    P + ("on_missing",),
-                    "a 'fill: <id>' beside on_missing: fill (the id missing values take)",
-                    "no fill",
-                )
-        if kind == "identity":
-            if f.on_out_of_range is None:
-                f.on_out_of_range = ON_OUT_OF_RANGE[0]
-            elif self.choice(P + ("on_out_of_range",), f.on_out_of_range, ON_OUT_OF_RANGE):
-                if f.on_out_of_range == "fill" and f.fill is None:
-                    self.err(
-                        P + ("on_out_of_range",),
-                        "a 'fill: <id>' beside on_out_of_range: fill (the id out-of-range "
-                        "values take)",
-                        "no fill",
-                    )
-            n, fill = f.num_embeddings, f.fill
-            if n is not None and fill is not None and not (0 <= fill < n and fill == int(fill)):
-                self.err(P + ("fill",), f"an integer id in [0, {n})", format_value(fill))
-        elif f.on_out_of_range is not None:
-            self.err(
-                P + ("on_out_of_range",),
-                "no on_out_of_range without num_embeddings (identity-mapped ids only; "
-                f"{what[kind]} feature has no range)",
-                format_value(f.on_out_of_range),
-            )
-        if f.type == "sequence":
-            if f.on_empty is None:
-                f.on_empty = ON_EMPTY[0]
-            elif self.choice(P + ("on_empty",), f.on_empty, ON_EMPTY):
-                if f.on_empty == "oov" and kind == "identity":
-                    self.err(
-                        P + ("on_empty",),
-                        "keep, drop or error on an identity-mapped sequence (it has no "
-                        "out-of-vocabulary row)",
-                        "oov",
-                    )
-        elif f.on_empty is not None:
-            self.err(
-                P + ("on_empty",),
-                "no on_empty on a non-sequence feature (sequence only)",
-                format_value(f.on_empty),
-            )
-        c = f.clip
-        if c is not None and f.type == "numeric":
-            if c.min is None and c.max is None:
-                self.err(P + ("clip",), "min, max or both", "neither")
-            elif c.min is not None and c.max is not None and not c.min < c.max:
-                self.err(P + ("clip",), "min < max", f"min {c.min:g}, max {c.max:g}")
-            if f.buckets is not None:
-                self.err(
-                    P + ("clip",),
-                    "no clip on a bucketized feature (its end buckets already hold the tails)",
-                    format_value(self.raw_at(P + ("clip",))),
-                )
-
-    def check_numeric(self, f: FeatureSpec, P: KeyPath) -> None:
-        for k in ("vocab", "hash_buckets", "num_embeddings", "max_len", "separator"):
-            if getattr(f, k) is not None:
-                expected = f"no {k} on a numeric feature (categorical/sequence only)"
-                self.err(P + (k,), expected, format_value(self.raw_at(P + (k,))))
-        b, B = f.buckets, P + ("buckets",)
-        if b is None:
-            for k in ("dim", "table", "pooling"):
-                v = getattr(f.embedding, k)
-                if v is not None:
-                    expected = f"no embedding.{k} on a numeric feature without buckets"
-                    self.err(P + ("embedding", k), expected, format_value(v))
-            return
-        if (b.boundaries is None) == (b.num_buckets is None):
-            found = "neither" if b.boundaries is None else "both"
-            self.err(B, "exactly one of boundaries, num_buckets", found)
-        elif b.boundaries is not None:
-            if not b.boundaries or any(x >= y for x, y in zip(b.boundaries, b.boundaries[1:])):
-                self.err(
-                    B + ("boundaries",),
-                    "a non-empty, strictly increasing list",
-                    format_value(b.boundaries),
-                )
-        else:
-            self.at_least(B + ("num_buckets",), b.num_buckets, 2)
+        # The kind's own checks (policies, id mapping, shape): torchrec_ple.features.
+        if self.choice(P + ("type",), f.type, FEATURE_KINDS.names()):
+            FEATURE_KINDS.get(f.type).check(self, f, P)
 
     def check_tables(self, features: List[FeatureSpec]) -> None:
         """Features sharing a table agree on dim, pooling, sharding and id mapping.

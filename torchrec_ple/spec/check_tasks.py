@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Dict, List
 
 from torchrec_ple.spec.check_base import Checks
-from torchrec_ple.spec.convert import _BAD, _is_scalar
+from torchrec_ple.spec.convert import BAD, is_scalar
 from torchrec_ple.spec.errors import format_value
-from torchrec_ple.spec.keys import KeyPath
+from torchrec_ple.spec.keys import KeyPath, close_match
 from torchrec_ple.spec.schema import (
     ON_INVALID_LABEL,
     TASK_TYPES,
@@ -24,7 +23,7 @@ class TaskChecks(Checks):
         if not tasks:
             self.err(("tasks",), "at least one task", "list []")
             return
-        good = [(i, t) for i, t in enumerate(tasks) if t is not _BAD]
+        good = [(i, t) for i, t in enumerate(tasks) if t is not BAD]
         for i, t in good:
             self.check_task(t, ("tasks", i))
         seen: Dict[str, int] = {}
@@ -42,14 +41,12 @@ class TaskChecks(Checks):
             P = ("tasks", i, "esmm")
             parent = by_name.get(t.esmm)
             if parent is None or parent is t:
-                close = difflib.get_close_matches(
-                    str(t.esmm), [n for n in by_name if n != t.name], n=1
-                )
+                others = [n for n in by_name if n != t.name]
                 self.err(
                     P,
                     "the name of another (binary CTR) task",
                     format_value(t.esmm),
-                    did_you_mean=close[0] if close else None,
+                    did_you_mean=close_match(t.esmm, others),
                 )
             elif t.type != "binary" or parent.type != "binary":
                 self.err(P, "ESMM between two binary tasks", f"{t.type} task on {parent.type} task")
@@ -69,7 +66,7 @@ class TaskChecks(Checks):
                     "no positive on a regression task (binary only)",
                     format_value(t.positive),
                 )
-            elif not t.positive or not all(_is_scalar(v) for v in t.positive):
+            elif not t.positive or not all(is_scalar(v) for v in t.positive):
                 self.err(
                     P + ("positive",), "a non-empty list of plain values", format_value(t.positive)
                 )
@@ -90,11 +87,11 @@ class TaskChecks(Checks):
                 self.err(
                     S, "exactly one of equals, in, not_null: true", " and ".join(conds) or "none"
                 )
-            elif ss.equals is not None and not _is_scalar(ss.equals):
+            elif ss.equals is not None and not is_scalar(ss.equals):
                 self.err(
                     S + ("equals",), "a plain value (str, number or bool)", format_value(ss.equals)
                 )
-            elif ss.in_ is not None and (not ss.in_ or not all(_is_scalar(v) for v in ss.in_)):
+            elif ss.in_ is not None and (not ss.in_ or not all(is_scalar(v) for v in ss.in_)):
                 self.err(S + ("in",), "a non-empty list of plain values", format_value(ss.in_))
         if self.choice(P + ("on_invalid",), t.on_invalid, ON_INVALID_LABEL):
             if t.on_invalid != "error" and (t.type != "binary" or t.positive is not None):

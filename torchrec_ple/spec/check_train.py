@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from torchrec_ple.registry import LOSS_WEIGHTINGS
 from torchrec_ple.spec.check_base import Checks
 from torchrec_ple.spec.errors import format_value
-from torchrec_ple.spec.keys import KeyPath, _close
+from torchrec_ple.spec.keys import KeyPath, close_match
 from torchrec_ple.spec.schema import (
     CPU_EMBEDDING_OPTIMIZERS,
     DENSE_OPTIMIZERS,
     EMBEDDING_OPTIMIZERS,
-    LOSS_WEIGHTINGS,
     LR_DECAYS,
     NONFINITE_LOSS_ACTIONS,
     PRECISIONS,
@@ -38,8 +38,6 @@ class TrainChecks(Checks):
         T: KeyPath = ("train",)
         self.at_least(T + ("batch_size",), t.batch_size)
         self.at_least(T + ("eval_batch_size",), t.eval_batch_size)
-        if t.eval_batch_size is None:
-            t.eval_batch_size = 4 * t.batch_size
         self.at_least(T + ("epochs",), t.epochs)
         self.at_least(T + ("seed",), t.seed, 0)
         self.at_least(T + ("num_threads",), t.num_threads)
@@ -48,9 +46,7 @@ class TrainChecks(Checks):
         self.at_least(T + ("keep_checkpoints",), t.keep_checkpoints)
         self.at_least(T + ("log_every",), t.log_every)
         self.choice(T + ("weight_schedule_unit",), t.weight_schedule_unit, WEIGHT_UNITS)
-        self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS)
-        if t.on_nonfinite_loss is False:  # YAML 1.1 reads a bare `off` as false
-            t.on_nonfinite_loss = "off"
+        self.choice(T + ("loss_weighting",), t.loss_weighting, LOSS_WEIGHTINGS.names())
         self.choice(T + ("on_nonfinite_loss",), t.on_nonfinite_loss, NONFINITE_LOSS_ACTIONS)
         self.choice(T + ("precision",), t.precision, PRECISIONS)
         d = t.dist_timeout_s
@@ -139,7 +135,7 @@ class TrainChecks(Checks):
                         S + (key, name),
                         "a task name (one of " + ", ".join(types) + ")",
                         format_value(name),
-                        did_you_mean=_close(name, types),
+                        did_you_mean=close_match(name, types),
                     )
         for name, metric in sel.metric.items():
             if name not in types:
@@ -150,7 +146,7 @@ class TrainChecks(Checks):
                     S + ("metric", name),
                     f"one of {', '.join(allowed)} (a {types[name]} task)",
                     format_value(metric),
-                    did_you_mean=_close(metric, allowed),
+                    did_you_mean=close_match(metric, allowed),
                 )
         for name, w in sel.weights.items():
             self.within(S + ("weights", name), w >= 0, "a number >= 0", w)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["SpecError", "DataError", "format_value"]
+__all__ = ["SpecError", "DataError", "first_line", "format_value"]
 
 
 def format_value(value: Any, limit: int = 60) -> str:
@@ -35,6 +35,25 @@ def format_value(value: Any, limit: int = 60) -> str:
     if isinstance(value, (list, tuple)):
         return f"list {text}"
     return text
+
+
+def first_line(e: BaseException, limit: Optional[int] = None) -> str:
+    """The first line of an exception's message, for a one-line error.
+
+    Third-party errors (pyarrow, Feast, torch) often span many lines; a ``found`` part of
+    a :class:`SpecError` or :class:`DataError` takes their first.
+
+    Args:
+        e (BaseException): the exception.
+        limit (Optional[int]): cut the line to at most this many characters.
+
+    Returns:
+        str: the first non-empty line (stripped), or the exception's type name when the
+        message is empty.
+    """
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if limit is None else line[:limit]
 
 
 def _render(

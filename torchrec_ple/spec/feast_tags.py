@@ -8,11 +8,13 @@ tags, which validation needs; ``feast`` itself is imported lazily, only for feas
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple, Union
 
-from torchrec_ple.spec.errors import DataError
+from torchrec_ple.registry import FEATURE_KINDS
+from torchrec_ple.spec.errors import DataError, SpecError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from feast import FeatureService, FeatureStore
@@ -23,7 +25,8 @@ FeatureRefs = Union[str, Sequence[str], "FeatureService"]
 PathLike = Union[str, Path]
 
 
-def _feast() -> Any:
+def import_feast() -> Any:
+    """The ``feast`` module (a DataError naming the extra when it is not installed)."""
     try:
         # Feast's modules call warnings.simplefilter("once", DeprecationWarning) at import,
         # which would show every library's deprecation notices: keep the caller's filters.
@@ -47,13 +50,13 @@ def open_store(repo_path: PathLike) -> FeatureStore:
             expected="a Feast feature repo (feature_store.yaml)",
             found="nothing",
         )
-    return _feast().FeatureStore(repo_path=str(path))
+    return import_feast().FeatureStore(repo_path=str(path))
 
 
 # ---------------------------------------------------------------------------- features
 
 
-def _resolve(store: FeatureStore, features: FeatureRefs) -> Union[List[str], FeatureService]:
+def resolve_refs(store: FeatureStore, features: FeatureRefs) -> Union[List[str], FeatureService]:
     """Feature refs (``view:feature``) as a list, or a FeatureService object.
 
     A single string without ``:`` names a feature service.
@@ -66,7 +69,7 @@ def _resolve(store: FeatureStore, features: FeatureRefs) -> Union[List[str], Fea
         except Exception as e:  # Feast raises FeatureServiceNotFoundException
             raise DataError(
                 expected=f"a feature service named '{features}' in the Feast registry",
-                found=str(e).splitlines()[0] if str(e) else type(e).__name__,
+                found=first_line(e),
             ) from None
     if hasattr(features, "feature_view_projections"):
         return features  # type: ignore[return-value]
@@ -79,7 +82,7 @@ def _resolve(store: FeatureStore, features: FeatureRefs) -> Union[List[str], Fea
 
 def feature_refs(store: FeatureStore, features: FeatureRefs) -> List[Tuple[str, str]]:
     """(feature view name, feature name) of every requested feature, in request order."""
-    resolved = _resolve(store, features)
+    resolved = resolve_refs(store, features)
     if isinstance(resolved, list):
         return [tuple(r.split(":", 1)) for r in resolved]  # type: ignore[misc]
     out: List[Tuple[str, str]] = []
@@ -88,7 +91,8 @@ def feature_refs(store: FeatureStore, features: FeatureRefs) -> List[Tuple[str, 
     return out
 
 
-def _view(store: FeatureStore, name: str) -> Any:
+def feature_view(store: FeatureStore, name: str) -> Any:
+    """A (batch or on-demand) feature view of the registry by name, or a DataError."""
     try:
         return store.get_feature_view(name)
     except Exception:
@@ -101,7 +105,8 @@ def _view(store: FeatureStore, name: str) -> Any:
             ) from None
 
 
-def _column_name(view: str, feature: str, full_feature_names: bool) -> str:
+def column_name(view: str, feature: str, full_feature_names: bool) -> str:
+    """The retrieved column of a feature: ``view__feature`` with full feature names."""
     return f"{view}__{feature}" if full_feature_names else feature
 
 
@@ -122,14 +127,14 @@ def feature_tags(
     """
     out: Dict[str, Dict[str, str]] = {}
     for view_name, feature in feature_refs(store, refs):
-        view = _view(store, view_name)
+        view = feature_view(store, view_name)
         field = next((f for f in view.features if f.name == feature), None)
         if field is None:
             raise DataError(
                 expected=f"a feature '{feature}' in Feast feature view '{view_name}'",
                 found=f"features {[f.name for f in view.features]}",
             )
-        out[_column_name(view_name, feature, full_feature_names)] = dict(field.tags or {})
+        out[column_name(view_name, feature, full_feature_names)] = dict(field.tags or {})
     return out
 
 
@@ -190,7 +195,8 @@ def merge_feature_tags(
     for f in dicts:
         column = f.get("column") or f.get("name")
         ftype = f.get("type")
-        sparse = ftype in ("categorical", "sequence") or (ftype == "numeric" and f.get("buckets"))
+        kind = FEATURE_KINDS.find(ftype) if isinstance(ftype, str) else None
+        sparse = kind is not None and kind.is_sparse(f)
         if not isinstance(column, str) or column not in tags or not sparse or table(f) is None:
             continue
         t = tags[column]
@@ -213,6 +219,62 @@ def merge_feature_tags(
             for k in emb_updates:
                 filled[(table(f), k)] = True
         id_keys = ("num_embeddings", "hash_buckets", "vocab")
-        if "num_embeddings" in t and ftype != "numeric" and not any(k in f for k in id_keys):
+        if (
+            "num_embeddings" in t
+            and kind is not None
+            and kind.column_kind != "numeric"
+            and not any(k in f for k in id_keys)
+        ):
             f["num_embeddings"] = _tag_int(column, "num_embeddings", t["num_embeddings"])
     return spec
+
+
+def with_feast_tags(raw: Any, base: Path) -> Any:
+    """For ``data.source: feast``: the spec mapping with embedding settings from Feast tags.
+
+    The loader runs this before validation because the tags may supply the table dims.
+    Feast is imported only here, and only for feast specs; any other spec (or a feast
+    section the checker will refuse) comes back as it is.
+
+    Args:
+        raw (Any): the plain spec data, after ``--set`` overrides.
+        base (Path): the folder a relative ``data.feast.repo_path`` resolves against.
+
+    Returns:
+        Any: ``raw``, or a deep copy with the tags merged (:func:`merge_feature_tags`).
+
+    Raises:
+        SpecError: the feast extra is missing, or the repo or its features cannot be read.
+    """
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or data.get("source") != "feast":
+        return raw
+    fe = data.get("feast")
+    if not isinstance(fe, dict) or not isinstance(fe.get("repo_path"), str):
+        return raw  # the checker reports the missing/invalid section
+    refs = fe.get("feature_service") or fe.get("features")
+    if not refs:
+        return raw
+    repo = Path(os.path.expanduser(fe["repo_path"]))
+    repo = repo if repo.is_absolute() else base / repo
+    try:
+        store = open_store(repo)
+        tags = feature_tags(store, refs, bool(fe.get("full_feature_names", False)))
+    except ImportError:
+        raise SpecError(
+            "data.source",
+            "the feast extra installed (pip install -r requirements/feast.txt)",
+            "feast",
+        ) from None
+    except Exception as e:  # Feast raises many types; the user needs the message, in one line
+        raise SpecError(
+            "data.feast", "a readable Feast repo and existing features", first_line(e, 200)
+        ) from None
+    return merge_feature_tags(raw, tags)
+
+
+# The former private names, for modules not yet moved to the public ones.
+_feast = import_feast
+_resolve = resolve_refs
+_view = feature_view
+_column_name = column_name

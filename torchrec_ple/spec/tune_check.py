@@ -14,15 +14,22 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
+from torchrec_ple.registry import HEADS
+from torchrec_ple.spec.convert import Converter, yaml_fields
+from torchrec_ple.spec.defaults import before_checks
 from torchrec_ple.spec.errors import SpecError, format_value
-from torchrec_ple.spec.schema import ARCHITECTURES, SELECT_METRICS, TaskSpec, TuneSpec
+from torchrec_ple.spec.keys import KeyPath
+from torchrec_ple.spec.overrides import apply_override
+from torchrec_ple.spec.schema import SELECT_METRICS, Spec, TaskSpec, TuneSpec
 
-if TYPE_CHECKING:  # the checker imports this module lazily: no cycle at import time
-    from torchrec_ple.spec.loader import KeyPath, _Checker
+if TYPE_CHECKING:  # the checker imports this module: it is imported here only where used
+    from torchrec_ple.spec.checker import SpecChecker
 
 __all__ = ["check_tune", "default_objectives", "is_int_range"]
 
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NUMBER_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# A value to try, and where the tune block writes it.
+Probe = Tuple[Any, KeyPath]
 # Keys a trial may not set: the architecture is one study each, the block is tune's own.
 _NOT_SEARCHABLE = ("model.architecture", "tune")
 
@@ -44,18 +51,19 @@ def _number(value: Any) -> Optional[float]:
         return None
     if isinstance(value, (int, float)):
         return value if math.isfinite(value) else None
-    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
         number = float(value)
         return number if math.isfinite(number) else None
     return None
 
 
-def check_tune(checker: _Checker, tune: TuneSpec, tasks: List[TaskSpec]) -> None:
+def check_tune(checker: SpecChecker, tune: TuneSpec, tasks: List[TaskSpec]) -> None:
     """Validate ``tune`` against the spec the checker holds; errors go to the checker.
 
     Args:
-        checker (_Checker): the loader's checker of the whole spec.
-        tune (TuneSpec): the converted block (numeric text of ranges becomes numbers).
+        checker (SpecChecker): the checker of the whole spec.
+        tune (TuneSpec): the converted block (the numeric text of its ranges is turned
+            into numbers afterwards, by :func:`~torchrec_ple.spec.defaults.fill_tune`).
         tasks (List[TaskSpec]): the spec's validated tasks.
     """
     T: KeyPath = ("tune",)
@@ -67,7 +75,7 @@ def check_tune(checker: _Checker, tune: TuneSpec, tasks: List[TaskSpec]) -> None
         checker.at_least(T + ("prune", "min_trials"), tune.prune.min_trials)
     archs: List[Optional[str]] = []
     for i, arch in enumerate(tune.architectures):
-        if not checker.choice(T + ("architectures", i), arch, ARCHITECTURES):
+        if not checker.choice(T + ("architectures", i), arch, HEADS.names()):
             continue
         if arch in archs:
             checker.err(T + ("architectures", i), "each architecture once", format_value(arch))
@@ -89,16 +97,15 @@ def check_tune(checker: _Checker, tune: TuneSpec, tasks: List[TaskSpec]) -> None
             )
             continue
         seen[p.key] = i
-        if _check_shape(checker, p, P):
-            for value, at in _probe_values(p, P):
-                # only the model's keys are valid or not depending on the architecture
-                per_arch = p.key.startswith("model.") and archs
-                for arch in archs if per_arch else [None]:
-                    if not _check_value(checker, p.key, value, at, arch, tasks):
-                        break
+        for value, at in _check_shape(checker, p, P) or []:
+            # only the model's keys are valid or not depending on the architecture
+            per_arch = p.key.startswith("model.") and archs
+            for arch in archs if per_arch else [None]:
+                if not _check_value(checker, p.key, value, at, arch, tasks):
+                    break
 
 
-def _check_objectives(checker: _Checker, tune: TuneSpec, tasks: List[TaskSpec]) -> None:
+def _check_objectives(checker: SpecChecker, tune: TuneSpec, tasks: List[TaskSpec]) -> None:
     types = {t.name: t.type for t in tasks}
     esmm = {t.name for t in tasks if t.esmm}
     for name, metric in tune.objectives.items():
@@ -110,66 +117,70 @@ def _check_objectives(checker: _Checker, tune: TuneSpec, tasks: List[TaskSpec]) 
         checker.choice(at, metric, allowed)
 
 
-def _check_shape(checker: _Checker, p: Any, P: KeyPath) -> bool:
-    """The block of one key: a known key path, choices or a valid range. True when sound."""
+def _check_shape(checker: SpecChecker, p: Any, P: KeyPath) -> Optional[List[Probe]]:
+    """The block of one key: a known key path, choices or a valid range.
+
+    Returns:
+        Optional[List[Probe]]: the values whose spec must load (every choice, or both
+        ends of a range, as numbers) with where they are written; None when unsound.
+    """
     K = P + ("key",)
     if any(p.key == k or p.key.startswith(k + ".") for k in _NOT_SEARCHABLE):
         hint = "list architectures in tune.architectures" if p.key.startswith("model") else None
         checker.err(
             K, "a key path other than " + ", ".join(_NOT_SEARCHABLE), repr(p.key), hint=hint
         )
-        return False
-    from torchrec_ple.spec.loader import _apply_override
-
+        return None
     top = _top(p.key)
     try:  # the path is walked from its section: copying that one is enough
-        _apply_override({top: copy.deepcopy(checker.raw.get(top))}, p.key, None, set())
+        apply_override({top: copy.deepcopy(checker.raw.get(top))}, p.key, None, set())
     except SpecError as e:
         checker.err(K, e.expected, e.found, did_you_mean=e.did_you_mean, hint=f"at {e.key}")
-        return False
+        return None
     if p.choices is not None:
         if p.low is not None or p.high is not None:
             checker.err(P, "either choices or low/high", "both")
-            return False
+            return None
         if not p.choices:
             checker.err(P + ("choices",), "a non-empty list", "list []")
-            return False
-        return True
-    return _check_range(checker, p, P)
+            return None
+        return [(v, P + ("choices", i)) for i, v in enumerate(p.choices)]
+    ends = _check_range(checker, p, P)
+    if ends is None:
+        return None
+    return [(ends[0], P + ("low",)), (ends[1], P + ("high",))]
 
 
-def _check_range(checker: _Checker, p: Any, P: KeyPath) -> bool:
-    ok = True
+def _check_range(checker: SpecChecker, p: Any, P: KeyPath) -> Optional[Tuple[Any, Any]]:
+    """A range's ends and step are finite numbers, ``low < high``, a log range positive.
+
+    Returns:
+        Optional[Tuple[Any, Any]]: ``(low, high)`` as numbers (numeric text, which YAML
+        1.1 makes of ``1e-3``, as floats), or None when the range is unsound.
+    """
+    nums: Dict[str, Any] = {}
     for name in ("low", "high", "step"):
         value = getattr(p, name)
         if value is None and name != "step":
             checker.err(P + (name,), "a number (or give choices)", "nothing")
-            ok = False
         elif value is not None and _number(value) is None:
             checker.err(P + (name,), "a finite number", format_value(value))
-            ok = False
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
-            setattr(p, name, float(value))
-    if not ok:
-        return False
-    if not p.low < p.high:
-        checker.err(P + ("high",), f"a number > low ({p.low})", format_value(p.high))
-        return False
-    if p.log and p.low <= 0:
-        checker.err(P + ("low",), "a number > 0 (log: true)", format_value(p.low))
-        return False
-    if p.step is not None and (p.step <= 0 or p.log):
-        found = "log: true beside it" if p.log else format_value(p.step)
+        else:
+            nums[name] = float(value) if isinstance(value, str) else value
+    if len(nums) < 3:
+        return None
+    low, high, step = nums["low"], nums["high"], nums["step"]
+    if not low < high:
+        checker.err(P + ("high",), f"a number > low ({low})", format_value(high))
+        return None
+    if p.log and low <= 0:
+        checker.err(P + ("low",), "a number > 0 (log: true)", format_value(low))
+        return None
+    if step is not None and (step <= 0 or p.log):
+        found = "log: true beside it" if p.log else format_value(step)
         checker.err(P + ("step",), "a number > 0, without log", found)
-        return False
-    return True
-
-
-def _probe_values(p: Any, P: KeyPath) -> List[Tuple[Any, KeyPath]]:
-    """The values whose spec must load: every choice, or both ends of a range."""
-    if p.choices is not None:
-        return [(v, P + ("choices", i)) for i, v in enumerate(p.choices)]
-    return [(p.low, P + ("low",)), (p.high, P + ("high",))]
+        return None
+    return low, high
 
 
 def _top(key: str) -> str:
@@ -182,8 +193,9 @@ def _top(key: str) -> str:
 _ALONE = ("model", "train", "tasks")
 
 
-def _section_errors(sub: _Checker, top: str, section: Any, tasks: List[TaskSpec]) -> None:
+def _section_errors(sub: SpecChecker, top: str, section: Any, tasks: List[TaskSpec]) -> None:
     """Check one converted section of a probe, as the checker's ``build`` would."""
+    before_checks({top: section}, sub)
     if top == "model":
         sub.check_model(section)
     elif top == "tasks":
@@ -195,7 +207,7 @@ def _section_errors(sub: _Checker, top: str, section: Any, tasks: List[TaskSpec]
 
 
 def _check_value(
-    checker: _Checker,
+    checker: SpecChecker,
     key: str,
     value: Any,
     at: KeyPath,
@@ -207,8 +219,7 @@ def _check_value(
     A key of a section of ``_ALONE`` is checked on its section alone; another key rebuilds
     the whole spec. True when it loads.
     """
-    from torchrec_ple.spec.loader import _apply_override, _Checker, _fields
-    from torchrec_ple.spec.schema import Spec
+    from torchrec_ple.spec.checker import SpecChecker
 
     raw = {k: v for k, v in checker.raw.items() if k != "tune"}
     top = _top(key)
@@ -219,14 +230,14 @@ def _check_value(
     overridden: set = set()
     try:
         if arch is not None:
-            _apply_override(raw, "model.architecture", arch, overridden)
-        _apply_override(raw, key, value, overridden)
+            apply_override(raw, "model.architecture", arch, overridden)
+        apply_override(raw, key, value, overridden)
     except SpecError as e:  # e.g. an index past the end of a list
         checker.err(at, e.expected, e.found, hint=f"at {e.key}")
         return False
-    sub = _Checker(raw, {}, overridden, None, checker.base)
+    sub = SpecChecker(raw, {}, overridden, None, checker.base)
     if top in _ALONE:
-        section = sub.convert(raw[top], _fields(Spec)[top][1], (top,))
+        section = Converter(sub).convert(raw[top], yaml_fields(Spec)[top][1], (top,))
         if not sub.errors:
             _section_errors(sub, top, section, tasks)
     else:

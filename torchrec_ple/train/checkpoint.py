@@ -15,8 +15,9 @@ import re
 import shutil
 import signal
 import threading
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -29,6 +30,11 @@ from torchrec_ple.spec.errors import DataError
 
 TRAINER_STATE = "trainer.json"
 BEST_FILE = "best.json"  # in the checkpoints folder: which checkpoint train.select chose
+# Keys of the train module's state that were renamed since checkpoints were first written
+# (new name -> old name): a checkpoint holding only the old name loads under it. The
+# uncertainty weighting's log-variances lived at the module's root before loss weightings
+# became modules of their own.
+RENAMED_KEYS: Dict[str, str] = {"loss_weighting.log_vars": "log_vars"}
 
 
 class CheckpointWriteError(RuntimeError):
@@ -155,7 +161,7 @@ def load_checkpoint(
     root = logging.getLogger()
     root.addFilter(quiet)
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        read_state(path, state)
     except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
         raise _read_error(path, e) from None
     finally:
@@ -164,6 +170,118 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
     return trainer_state
+
+
+def read_state(path: Path, state: Dict[str, Any], no_dist: bool = False) -> None:
+    """``dcp.load`` of ``state`` (``{"model": ..., "optim": ...}``) in place, with the keys
+    of :data:`RENAMED_KEYS` read under their old names where the checkpoint has only those.
+
+    Args:
+        path (Path): the checkpoint directory.
+        state (Dict[str, Any]): ``model`` (a state dict) and optionally ``optim``.
+        no_dist (bool): read in one process, whatever wrote it. Default: False.
+    """
+    renames = _old_names(path, state.get("model", {}))
+    if renames:
+        _rename(state, renames)
+    try:
+        dcp.load(state, checkpoint_id=str(path), no_dist=no_dist)
+    finally:
+        if renames:
+            _rename(state, {old: new for new, old in renames.items()})
+
+
+def _old_names(path: Path, model_state: Dict[str, Any]) -> Dict[str, str]:
+    """The renamed keys of ``model_state`` that the checkpoint holds under the old name."""
+    wanted = {new: old for new, old in RENAMED_KEYS.items() if new in model_state}
+    if not wanted:
+        return {}
+    try:
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception:  # unreadable: dcp.load reports it
+        return {}
+    return {
+        new: old
+        for new, old in wanted.items()
+        if f"model.{new}" not in saved and f"model.{old}" in saved
+    }
+
+
+def _rename(state: Dict[str, Any], names: Dict[str, str]) -> None:
+    """Rename parameter keys in a model state dict and in an optimizer's state, in place."""
+    model = state.get("model", {})
+    for key in [k for k in model if k in names]:
+        model[names[key]] = model.pop(key)
+    optim = state.get("optim")
+    if isinstance(optim, dict) and isinstance(optim.get("state"), dict):
+        per_param = optim["state"]
+        for key in [k for k in per_param if k in names]:
+            per_param[names[key]] = per_param.pop(key)
+        for group in optim.get("param_groups") or []:
+            if isinstance(group, dict) and isinstance(group.get("params"), list):
+                group["params"] = [names.get(p, p) for p in group["params"]]
+
+
+def load_newest(
+    checkpoints: List[Path],
+    root: Path,
+    model: nn.Module,
+    optimizer: Optional[Optimizer],
+    log: Optional[Callable[[str], None]],
+) -> Tuple[Dict[str, Any], Path]:
+    """Load the newest of ``checkpoints`` that loads; a corrupt one is reported and skipped.
+
+    Args:
+        checkpoints (List[Path]): complete checkpoints, oldest first.
+        root (Path): their folder (for the message).
+        model (nn.Module): the sharded model.
+        optimizer (Optional[Optimizer]): its optimizer (state initialized).
+        log (Optional[Callable[[str], None]]): where the skips are said (rank 0).
+
+    Returns:
+        Tuple[Dict[str, Any], Path]: the trainer state and the checkpoint loaded.
+
+    Raises:
+        DataError: none loads (each one's error named).
+    """
+    errors = []
+    for ckpt in reversed(checkpoints):
+        try:
+            return load_checkpoint(ckpt, model, optimizer), ckpt
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+            errors.append(
+                f"{ckpt.name}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+            )
+            if log is not None:
+                log(f"checkpoint {ckpt.name} is unreadable ({errors[-1]}); trying the previous one")
+    raise DataError(
+        file=str(root), expected="a readable checkpoint", found="; ".join(errors) or "none"
+    )
+
+
+def load_in_one_process(path: Path, module: nn.Module) -> None:
+    """Load a checkpoint's model state into an unsharded module, without a process group
+    (``no_dist``), whatever world size and sharding wrote it.
+
+    Raises:
+        DataError: the checkpoint does not hold ``module``'s state.
+    """
+    state = {"model": module.state_dict()}
+    try:
+        with warnings.catch_warnings():
+            # no_dist=True is the intent: DCP still warns that it loads in one process.
+            warnings.filterwarnings(
+                "ignore", message=r"torch.distributed is disabled", category=UserWarning
+            )
+            read_state(path, state, no_dist=True)
+    except Exception as e:  # DCP raises CheckpointException / RuntimeError with long texts
+        lines = str(e).strip().splitlines()
+        raise DataError(
+            file=str(path),
+            expected="a checkpoint of a model built from this spec and transforms",
+            found=lines[0][:300] if lines else type(e).__name__,
+        ) from e
+    module.load_state_dict(state["model"])
 
 
 class _DropRecords(logging.Filter):

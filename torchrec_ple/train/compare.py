@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -29,8 +28,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from torchrec_ple.atomic import write_text_atomic
+from torchrec_ple.registry import HEADS
 from torchrec_ple.spec import SpecError, load_spec
-from torchrec_ple.spec.schema import ARCHITECTURES, Spec, TrainSpec
+from torchrec_ple.spec.schema import Spec, TrainSpec
+from torchrec_ple.train.compare_report import (
+    _add_gains,
+    _brief,
+    _one_line,
+    _primary,
+    _summarize_arch,
+    _value_text,
+    compare_markdown,
+    sweep_markdown,
+)
 
 __all__ = ["add_compare_args", "run_compare", "compare", "parse_sweep", "COMPARE_JSON"]
 
@@ -39,8 +49,6 @@ COMPARE_MD = "compare.md"
 SEESAW_PNG = "seesaw.png"
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
-GATED = ("mmoe", "ml_mmoe", "cgc", "ple")
-_MMOE = ("mmoe", "ml_mmoe")
 
 Override = Tuple[str, Any]
 
@@ -50,7 +58,7 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--architectures",
         default="all",
-        help="comma-separated architectures, or 'all' (default) for: " + ",".join(ARCHITECTURES),
+        help="comma-separated architectures, or 'all' (default) for: " + ",".join(HEADS.names()),
     )
     parser.add_argument(
         "--seeds", type=int, default=1, help="seeds per architecture: train.seed = base + s"
@@ -104,7 +112,7 @@ def run_compare(args: argparse.Namespace) -> int:
         kwargs["arch_specs"] = tuned_specs(args.from_tune)
         if args.architectures.strip() == "all":  # the tuned ones, against single_task
             wanted = set(kwargs["arch_specs"]) | {"single_task"}
-            architectures = [a for a in ARCHITECTURES if a in wanted]
+            architectures = [a for a in HEADS.names() if a in wanted]
     if sweeps:
         result = run_sweep(args.spec, architectures, args.out, overrides, sweeps, **kwargs)
         failed = sum(p["compare"]["failed_runs"] for p in result["points"])
@@ -120,20 +128,21 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def parse_architectures(text: str) -> List[str]:
-    """``"all"`` or a comma-separated list of names from ``ARCHITECTURES``."""
+    """``"all"`` or a comma-separated list of names registered in ``HEADS``."""
+    known = HEADS.names()
     if text.strip() == "all":
-        return list(ARCHITECTURES)
+        return known
     names = [a.strip() for a in text.split(",") if a.strip()]
     if not names:
         raise SpecError("--architectures", "a comma-separated list or 'all'", repr(text))
     for a in names:
-        if a not in ARCHITECTURES:
+        if a not in known:
             import difflib
 
-            close = difflib.get_close_matches(a, ARCHITECTURES, n=1)
+            close = difflib.get_close_matches(a, known, n=1)
             raise SpecError(
                 "--architectures",
-                "names from " + ", ".join(ARCHITECTURES),
+                "names from " + ", ".join(known),
                 repr(a),
                 did_you_mean=close[0] if close else None,
             )
@@ -174,16 +183,6 @@ def parse_sweep(text: str) -> Tuple[str, List[Any]]:
     return key, out
 
 
-def _value_text(v: Any) -> str:
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, separators=(",", ":"))
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
 def _label(point: Sequence[Override]) -> str:
     """A folder name for one sweep point: ``model.levels=2__tasks_1.weight.decay=0.999``."""
     parts = []
@@ -206,10 +205,9 @@ def _run_overrides(spec: Spec, arch: str, seed_index: int, match_experts: bool) 
         ("train.seed", spec.train.seed + seed_index),
         ("train.progress", False),
     ]
-    if match_experts and arch in _MMOE:
-        m = spec.model
-        n = m.shared_experts + len(spec.tasks) * m.task_experts
-        ov.append(("model.shared_experts", max(n, 1)))
+    head = HEADS.find(arch)  # an unknown name fails in its run, as a spec error
+    if match_experts and head is not None:  # e.g. MMoE: as many experts as CGC/PLE have
+        ov += head.matching_overrides(spec.model, len(spec.tasks))
     return ov
 
 
@@ -243,28 +241,6 @@ def _drop_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def _primary(kind: str) -> Tuple[str, bool]:
-    """The summary metric of a task type and whether higher is better."""
-    return ("auc", True) if kind == "binary" else ("mse", False)
-
-
-def _stats(values: List[float]) -> Dict[str, Any]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": values}
-    n = len(finite)
-    mean = sum(finite) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else 0.0
-    return {
-        "mean": mean,
-        "std": std,
-        "min": min(finite),
-        "max": max(finite),
-        "n": n,
-        "values": values,
-    }
-
-
 def _fit(spec: Spec, out_dir: Path, log: Callable[[str], None]) -> Dict[str, Any]:
     # Looked up at call time so tests can substitute the trainer.
     from torchrec_ple.train import trainer
@@ -291,7 +267,7 @@ def compare(
 
     Args:
         spec_path (Path): the YAML spec.
-        architectures (Sequence[str]): names from ``ARCHITECTURES``.
+        architectures (Sequence[str]): names registered in ``HEADS``.
         out (Path): output directory.
         overrides (Sequence[Any]): ``key=value`` strings or ``(key, value)`` pairs applied
             to every run.
@@ -308,8 +284,43 @@ def compare(
     """
     out = Path(out)
     base = _base_spec(spec_path, architectures, list(overrides))
+    result = _new_result(
+        spec_path, base, architectures, overrides, seeds, match_experts, arch_specs
+    )
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    for arch in architectures:
+        entry: Dict[str, Any] = {"runs": [], "errors": []}
+        result["architectures"][arch] = entry
+        tuned = (arch_specs or {}).get(arch)
+        for s in range(seeds):
+            ov = _run_overrides(base, arch, s, match_experts and tuned is None)
+            entry["overrides"] = [f"{k}={_value_text(v)}" for k, v in ov if k != "train.seed"]
+            run_dir = out / arch / f"seed{s}"
+            spec_s = (tuned or spec_path, _quiet_defaults() + list(overrides) + ov)
+            run = _run_one(base, arch, s, run_dir, spec_s, result["tasks"], entry, log)
+            if drop_checkpoints:
+                _drop_checkpoints(run_dir)
+            entry["runs"].append(run)
+        _summarize_arch(entry, result["tasks"])
+        log(_one_line(arch, entry, result["tasks"]))
+        _finish(result, out, plots=False)
+    _finish(result, out, plots=True)
+    return result
+
+
+def _new_result(
+    spec_path: Path,
+    base: Spec,
+    architectures: Sequence[str],
+    overrides: Sequence[Any],
+    seeds: int,
+    match_experts: bool,
+    arch_specs: Optional[Dict[str, Path]],
+) -> Dict[str, Any]:
+    """What ``compare.json`` says before any run: the settings and the tasks' metrics."""
     tasks = {t.name: t.type for t in base.tasks}
-    result: Dict[str, Any] = {
+    return {
         "spec": str(spec_path),
         "overrides": [
             o if isinstance(o, str) else f"{o[0]}={_value_text(o[1])}" for o in overrides
@@ -326,111 +337,50 @@ def compare(
         },
         "architectures": {},
     }
-    if _is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    for arch in architectures:
-        entry: Dict[str, Any] = {"runs": [], "errors": []}
-        result["architectures"][arch] = entry
-        for s in range(seeds):
-            run_dir = out / arch / f"seed{s}"
-            tuned = (arch_specs or {}).get(arch)
-            ov = _run_overrides(base, arch, s, match_experts and tuned is None)
-            entry["overrides"] = [f"{k}={_value_text(v)}" for k, v in ov if k != "train.seed"]
-            run: Dict[str, Any] = {
-                "seed": s,
-                "train_seed": base.train.seed + s,
-                "dir": str(run_dir),
-            }
-            t0 = time.perf_counter()
-            try:
-                spec = load_spec(tuned or spec_path, _quiet_defaults() + list(overrides) + ov)
-                metrics = _fit(
-                    spec, run_dir, log=lambda line, p=f"[{arch} seed{s}] ": log(p + line)
-                )
-                # the epoch train.select keeps (what evaluate/export serve), else the last
-                best = metrics.get("best") or {}
-                run.update(
-                    tasks=best.get("tasks") or metrics["tasks"],
-                    epoch=best.get("epoch"),
-                    samples_per_second=metrics.get("train", {}).get("samples_per_second"),
-                    train_seconds=metrics.get("train", {}).get("seconds"),
-                    parameters=metrics.get("model", {}).get("parameters"),
-                )
-                missing = [t for t in tasks if t not in run["tasks"]]
-                if missing:
-                    raise RuntimeError(f"no validation metrics for tasks {missing}")
-                if s == 0 and metrics.get("gates"):
-                    entry["gates"] = metrics["gates"]
-            except Exception as e:  # one failed run must not end the comparison
-                run["error"] = f"{type(e).__name__}: {e}".strip()
-                entry["errors"].append({"seed": s, "error": run["error"]})
-                log(f"[{arch} seed{s}] FAILED: {run['error']}")
-                if os.environ.get("TORCHREC_PLE_DEBUG"):
-                    log(traceback.format_exc())
-            run["wall_seconds"] = time.perf_counter() - t0
-            if drop_checkpoints:
-                _drop_checkpoints(run_dir)
-            entry["runs"].append(run)
-        _summarize_arch(entry, result["tasks"])
-        log(_one_line(arch, entry, result["tasks"]))
-        _finish(result, out, plots=False)
-    _finish(result, out, plots=True)
-    return result
 
 
-def _summarize_arch(entry: Dict[str, Any], tasks: Dict[str, Dict[str, Any]]) -> None:
-    ok = [r for r in entry["runs"] if "error" not in r]
-    entry["status"] = "ok" if len(ok) == len(entry["runs"]) else ("partial" if ok else "failed")
-    entry["tasks"] = {}
-    for name, t in tasks.items():
-        values = [
-            r["tasks"][name].get(t["metric"]) if "error" not in r else None for r in entry["runs"]
-        ]
-        entry["tasks"][name] = {"metric": t["metric"], **_stats(values)}
-    sps = [r["samples_per_second"] for r in ok if r.get("samples_per_second")]
-    entry["samples_per_second"] = sum(sps) / len(sps) if sps else None
-    params = [r["parameters"] for r in ok if r.get("parameters") is not None]
-    entry["parameters"] = params[0] if params else None
+def _run_one(
+    base: Spec,
+    arch: str,
+    s: int,
+    run_dir: Path,
+    spec_source: Tuple[Path, List[Any]],
+    tasks: Dict[str, Dict[str, Any]],
+    entry: Dict[str, Any],
+    log: Callable[[str], None],
+) -> Dict[str, Any]:
+    """One architecture x seed run: its summary, or its error (also added to ``entry``).
 
-
-def _one_line(arch: str, entry: Dict[str, Any], tasks: Dict[str, Dict[str, Any]]) -> str:
-    parts = [f"{arch}:"]
-    for name, t in tasks.items():
-        s = entry["tasks"][name]
-        if s["mean"] is not None:
-            parts.append(f"{name} {t['metric']}={s['mean']:.4f}±{s['std']:.4f}")
-    if entry["errors"]:
-        parts.append(f"({len(entry['errors'])} failed)")
-    return " ".join(parts)
-
-
-def _add_gains(result: Dict[str, Any]) -> None:
-    archs = result["architectures"]
-    ref = archs.get("single_task")
-    ref_ok = ref is not None and all(s["mean"] is not None for s in ref["tasks"].values())
-    result["gains"] = bool(ref_ok)
-    if ref is None:
-        result["gains_note"] = "single_task is not among the architectures: no MTL gains"
-    elif not ref_ok:
-        result["gains_note"] = "single_task failed on some task: no MTL gains"
-    else:
-        result["gains_note"] = (
-            "gain = metric - single_task's for AUC, single_task's - metric for MSE"
+    Args:
+        spec_source (Tuple[Path, List[Any]]): the spec file and the overrides of the run.
+    """
+    run: Dict[str, Any] = {"seed": s, "train_seed": base.train.seed + s, "dir": str(run_dir)}
+    t0 = time.perf_counter()
+    try:
+        spec = load_spec(*spec_source)
+        metrics = _fit(spec, run_dir, log=lambda line, p=f"[{arch} seed{s}] ": log(p + line))
+        # the epoch train.select keeps (what evaluate/export serve), else the last
+        best = metrics.get("best") or {}
+        run.update(
+            tasks=best.get("tasks") or metrics["tasks"],
+            epoch=best.get("epoch"),
+            samples_per_second=metrics.get("train", {}).get("samples_per_second"),
+            train_seconds=metrics.get("train", {}).get("seconds"),
+            parameters=metrics.get("model", {}).get("parameters"),
         )
-    winners = []
-    for arch, entry in archs.items():
-        all_ok = True
-        for name, t in result["tasks"].items():
-            s = entry["tasks"][name]
-            gain = None
-            if ref_ok and s["mean"] is not None:
-                diff = s["mean"] - ref["tasks"][name]["mean"]
-                gain = (diff if t["higher_is_better"] else -diff) + 0.0  # no -0.0
-            s["gain"] = gain
-            all_ok = all_ok and gain is not None and gain >= 0
-        if ref_ok and all_ok and arch != "single_task":
-            winners.append(arch)
-    result["non_negative_gain"] = winners if ref_ok else None
+        missing = [t for t in tasks if t not in run["tasks"]]
+        if missing:
+            raise RuntimeError(f"no validation metrics for tasks {missing}")
+        if s == 0 and metrics.get("gates"):
+            entry["gates"] = metrics["gates"]
+    except Exception as e:  # one failed run must not end the comparison
+        run["error"] = f"{type(e).__name__}: {e}".strip()
+        entry["errors"].append({"seed": s, "error": run["error"]})
+        log(f"[{arch} seed{s}] FAILED: {run['error']}")
+        if os.environ.get("TORCHREC_PLE_DEBUG"):
+            log(traceback.format_exc())
+    run["wall_seconds"] = time.perf_counter() - t0
+    return run
 
 
 def _finish(result: Dict[str, Any], out: Path, plots: bool) -> None:
@@ -466,79 +416,6 @@ def _plots(result: Dict[str, Any], out: Path) -> Dict[str, Any]:
     return written
 
 
-# --------------------------------------------------------------------------- markdown
-
-
-def _fmt(v: Optional[float], digits: int = 4) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _fmt_gain(v: Optional[float]) -> str:
-    return "—" if v is None else f"{v:+.4f}"
-
-
-def compare_markdown(result: Dict[str, Any]) -> str:
-    """The ``compare.md`` table: architecture x task ``mean ± std`` and gain."""
-    tasks = result["tasks"]
-    lines = [
-        f"# Architecture comparison: `{result['spec']}`",
-        "",
-        f"Overrides: {', '.join(f'`{o}`' for o in result['overrides']) or 'none'}. "
-        f"Seeds: {result['seeds']} (train.seed {', '.join(map(str, result['train_seeds']))}; "
-        "same data for every run). Metric: mean ± sample std over seeds, of the epoch "
-        "train.select keeps where a spec has it, else of the last epoch. "
-        + (
-            "MMoE/ML-MMoE get as many experts per level as CGC/PLE."
-            if result["match_experts"]
-            else ""
-        ),
-        "",
-    ]
-    if result.get("from_tune"):
-        tuned = ", ".join(f"{a} `{p}`" for a, p in result["from_tune"].items())
-        lines += [f"Tuned specs (`--from-tune`, run as chosen by tune): {tuned}.", ""]
-    head = ["architecture", "params", "samples/s"]
-    for name, t in tasks.items():
-        arrow = "↑" if t["higher_is_better"] else "↓"
-        head += [f"{name} {t['metric']} {arrow}", f"{name} gain"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arch, e in result["architectures"].items():
-        row = [arch + (" (failed)" if e["status"] == "failed" else "")]
-        row.append(str(e["parameters"]) if e.get("parameters") is not None else "—")
-        row.append(f"{e['samples_per_second']:.0f}" if e.get("samples_per_second") else "—")
-        for name in tasks:
-            s = e["tasks"][name]
-            cell = "—" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f}"
-            if s["mean"] is not None and s["n"] < result["seeds"]:
-                cell += f" (n={s['n']})"
-            row += [
-                cell,
-                "ref"
-                if arch == "single_task" and s.get("gain") is not None
-                else _fmt_gain(s.get("gain")),
-            ]
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    if result["gains"]:
-        winners = result["non_negative_gain"]
-        lines.append(
-            "Non-negative MTL gain on every task: "
-            + (", ".join(winners) if winners else "none")
-            + " (differences of means: read them against the std over seeds)."
-        )
-    else:
-        lines.append(f"MTL gains omitted: {result['gains_note']}.")
-    errors = [(a, x) for a, e in result["architectures"].items() for x in e["errors"]]
-    if errors:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {a} seed{x['seed']}: `{x['error']}`" for a, x in errors]
-    plots = result.get("plots", {})
-    if plots.get("seesaw"):
-        lines += ["", f"![seesaw]({plots['seesaw']})"]
-    lines.append("")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- sweeps
 
 
@@ -556,7 +433,7 @@ def run_sweep(
 
     Args:
         spec_path (Path): the YAML spec.
-        architectures (Sequence[str]): names from ``ARCHITECTURES``.
+        architectures (Sequence[str]): names registered in ``HEADS``.
         out (Path): output directory; point ``p`` goes to ``out/<label of p>/``.
         overrides (Sequence[Any]): applied to every run, before the sweep values.
         sweeps (Sequence[Tuple[str, List[Any]]]): ``(key, values)`` pairs (see
@@ -605,78 +482,3 @@ def run_sweep(
         write_text_atomic(out / SWEEP_JSON, json.dumps(sweep, indent=1, default=str))
         write_text_atomic(out / SWEEP_MD, sweep_markdown(sweep))
     return sweep
-
-
-def _brief(res: Dict[str, Any]) -> Dict[str, Any]:
-    """The part of a compare result a sweep table needs."""
-    if "error" in res:
-        return {"error": res["error"], "failed_runs": res["failed_runs"], "architectures": {}}
-    archs = {}
-    for arch, e in res["architectures"].items():
-        archs[arch] = {
-            "status": e["status"],
-            "parameters": e.get("parameters"),
-            "errors": e["errors"],
-            "tasks": {
-                n: {k: s.get(k) for k in ("metric", "mean", "std", "n", "gain")}
-                for n, s in e["tasks"].items()
-            },
-        }
-    return {
-        "tasks": res["tasks"],
-        "architectures": archs,
-        "gains": res["gains"],
-        "non_negative_gain": res["non_negative_gain"],
-        "failed_runs": res["failed_runs"],
-    }
-
-
-def sweep_markdown(sweep: Dict[str, Any]) -> str:
-    """The ``sweep.md`` table: rows are sweep values x architecture."""
-    keys = list(sweep["sweep"])
-    tasks: Dict[str, Any] = {}
-    for p in sweep["points"]:
-        tasks.update(p["compare"].get("tasks", {}))
-    lines = [
-        f"# Sweep: `{sweep['spec']}`",
-        "",
-        f"Overrides: {', '.join(f'`{o}`' for o in sweep['overrides']) or 'none'}. "
-        "Metric: mean ± sample std over seeds; gain vs single_task (positive = better).",
-        "",
-    ]
-    head = list(keys) + ["architecture"]
-    for name, t in tasks.items():
-        arrow = "↑" if t["higher_is_better"] else "↓"
-        head += [f"{name} {t['metric']} {arrow}", f"{name} gain"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    notes = []
-    for p in sweep["points"]:
-        vals = [_value_text(p["values"][k]) for k in keys]
-        c = p["compare"]
-        if "error" in c:
-            lines.append("| " + " | ".join(vals + ["(all)"] + ["—"] * (2 * len(tasks))) + " |")
-            notes.append(f"- {p['label']}: `{c['error']}`")
-            continue
-        for arch, e in c["architectures"].items():
-            row = vals + [arch]
-            for name in tasks:
-                s = e["tasks"].get(name, {})
-                row.append("—" if s.get("mean") is None else f"{s['mean']:.4f} ± {s['std']:.4f}")
-                g = s.get("gain")
-                row.append("ref" if arch == "single_task" and g is not None else _fmt_gain(g))
-            lines.append("| " + " | ".join(row) + " |")
-            notes += [f"- {p['label']} {arch} seed{x['seed']}: `{x['error']}`" for x in e["errors"]]
-    lines.append("")
-    for p in sweep["points"]:
-        c = p["compare"]
-        if c.get("gains"):
-            w = c["non_negative_gain"]
-            lines.append(
-                f"- {p['label']}: non-negative gain on every task: {', '.join(w) if w else 'none'}"
-            )
-    if notes:
-        lines += ["", "## Failed runs", ""] + notes
-    if sweep.get("plot"):
-        lines += ["", f"![gains]({sweep['plot']})"]
-    lines.append("")
-    return "\n".join(lines)

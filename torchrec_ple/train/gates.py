@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Union
 
 import torch
 import torch.distributed as dist
@@ -17,19 +17,6 @@ if TYPE_CHECKING:
     from torchrec_ple.train.trainer import TrainState
 
 
-def _expert_names(spec: Spec, key: str) -> List[str]:
-    """Names of the experts a gate mixes, in the order of ``MultiTaskHead``'s contract."""
-    tasks = [t.name for t in spec.tasks]
-    m = spec.model
-    own = m.task_experts if m.architecture in ("ple", "cgc") else 0
-    shared = [f"shared/{i}" for i in range(m.shared_experts)]
-    who = key.split("/", 1)[1]
-    if who == "shared":
-        return [f"{t}/{i}" for t in tasks for i in range(own)] + shared
-    task = tasks[int(who.removeprefix("task"))]
-    return [f"{task}/{i}" for i in range(own)] + shared
-
-
 @torch.no_grad()
 def gate_summary(
     spec: Spec,
@@ -40,11 +27,14 @@ def gate_summary(
     """Mean softmax weight of every gate on (up to ``max_rows`` of) ``data``.
 
     Returns:
-        Dict[str, Any]: ``{"level{j}/{task|shared}": {"experts": [...], "mean": [...]}}``;
-        empty for heads without gates.
+        Dict[str, Any]: ``{"level{j}/{task|shared}": {"experts": [...], "mean": [...]}}``,
+        the experts named by the head's ``gate_layout``; empty for heads without gates
+        (``has_gates``), which are not run.
     """
     module: MultiTaskTrainModule = state.model.module  # type: ignore[assignment]
     model = module.model
+    if not model.head.has_gates:
+        return {}
     model.eval()
     bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
     loader: Iterable[MultiTaskBatch]
@@ -78,10 +68,12 @@ def gate_summary(
         for key, total in sums.items():
             sums[key] = stacked[offset : offset + len(total)]
             offset += len(total)
+    # the head knows which experts each of its gates mixes
+    layout = model.head.gate_layout([t.name for t in spec.tasks])
     gates_out: Dict[str, Any] = {}
     for key, total in sums.items():
         label = key.split("/")[0] + "/" + _gate_owner(spec, key)
-        gates_out[label] = {"experts": _expert_names(spec, key), "mean": (total / rows).tolist()}
+        gates_out[label] = {"experts": layout[key], "mean": (total / rows).tolist()}
     return gates_out
 
 

@@ -1,4 +1,4 @@
-"""Masked multi-task loss over the union sample space, and loss-weight schedules.
+"""Masked multi-task loss over the union sample space.
 
 The objective is ``sum_k w_k L_k`` with ``L_k = sum_i phi_ik loss_ik / sum_i phi_ik`` over
 the *global* batch: with N processes every rank contributes ``N * (its sum) / (global
@@ -8,7 +8,7 @@ into the gradient of the single-process objective on the same global batch.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,23 @@ from torch import nn
 
 from torchrec_ple.data.batch import MultiTaskBatch
 from torchrec_ple.models.multitask import MultiTaskModel
+from torchrec_ple.train.weightings import (
+    ExponentialLossWeights,
+    FixedWeighting,
+    LossWeighting,
+    UncertaintyWeighting,
+)
+
+__all__ = [
+    "ExponentialLossWeights",  # re-exported: the ``fixed`` weighting's schedule
+    "MultiTaskTrainModule",
+    "esmm_ctcvr_loss",
+    "esmm_ctcvr_per_sample",
+    "masked_mean",
+    "masked_sums",
+    "masked_task_losses",
+    "per_sample_task_losses",
+]
 
 
 def per_sample_task_losses(
@@ -90,34 +107,6 @@ def masked_task_losses(
     return masked_mean(per_sample_task_losses(outputs, labels, is_binary), masks)
 
 
-class ExponentialLossWeights:
-    """The paper's dynamic task weights ``w_k(t) = w_k0 * gamma_k ** t``.
-
-    Args:
-        initial (Sequence[float]): ``w_k0`` per task.
-        decay (Sequence[float]): ``gamma_k`` per task.
-
-    Example::
-
-        schedule = ExponentialLossWeights([1.0, 1.0], [1.0, 0.999])
-        schedule(10)  # tensor([1.0000, 0.9900])
-    """
-
-    def __init__(self, initial: Sequence[float], decay: Sequence[float]) -> None:
-        self._initial = torch.tensor(list(initial), dtype=torch.float64)
-        self._decay = torch.tensor(list(decay), dtype=torch.float64)
-
-    def __call__(self, t: int) -> torch.Tensor:
-        """(K,) float32 weights at step or epoch ``t`` (on the schedule's device)."""
-        return (self._initial * self._decay**t).float()
-
-    def to(self, device: torch.device) -> ExponentialLossWeights:
-        """The same schedule computed on ``device``: no host-to-device copy per step."""
-        out = ExponentialLossWeights.__new__(ExponentialLossWeights)
-        out._initial, out._decay = self._initial.to(device), self._decay.to(device)
-        return out
-
-
 def esmm_ctcvr_per_sample(
     ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, ctcvr_label: torch.Tensor
 ) -> torch.Tensor:
@@ -181,9 +170,9 @@ class MultiTaskTrainModule(nn.Module):
     """Wraps a :class:`MultiTaskModel` into what TorchRec's train pipelines call.
 
     ``forward(batch)`` returns ``(loss, (task_losses, outputs, labels, masks))`` where
-    ``loss = sum_k w_k L_k`` (or, with uncertainty weighting, ``sum_k w_k (c_k exp(-s_k)
-    L_k + [k present] s_k / 2)`` with learned ``s_k``); the trainer sets ``w`` before each
-    step with :meth:`set_task_weights`.
+    ``loss`` is what the loss weighting (:mod:`torchrec_ple.train.weightings`) makes of the
+    per-task losses; the trainer moves its schedule before each step
+    (``loss_weighting.set_position(t)``).
 
     In training with ``world_size > 1`` the per-task counts (and, for ``task_losses``, the
     sums) are all-reduced: ``task_losses`` is then the loss of the global batch on every
@@ -195,13 +184,18 @@ class MultiTaskTrainModule(nn.Module):
         task_types (List[str]): ``binary`` or ``regression`` per task.
         esmm_parents (Optional[List[int]]): per task, the index of the CTR task it is
             trained through (ESMM), or -1. Default: none.
-        uncertainty (bool): learn Kendall et al.'s per-task log-variances. Default: False.
+        uncertainty (bool): without ``loss_weighting``: learn Kendall et al.'s per-task
+            log-variances (:class:`UncertaintyWeighting`, unit weights), else unit fixed
+            weights. Default: False.
         world_size (int): processes whose batches form one global batch. Default: 1.
         precision (str): ``fp32``, or ``bf16``: the model's forward runs under
             ``torch.autocast(device_type)`` in bfloat16 (its matmuls in bfloat16, weights
             float32); its outputs and the losses are float32. Default: ``fp32``.
         device_type (str): the device the module computes on (``cpu`` or ``cuda``), for
             autocast. Default: ``cpu``.
+        loss_weighting (Optional[LossWeighting]): how the task losses are combined (see
+            :func:`~torchrec_ple.train.weightings.build_weighting`). Default: per
+            ``uncertainty``.
     """
 
     def __init__(
@@ -213,6 +207,7 @@ class MultiTaskTrainModule(nn.Module):
         world_size: int = 1,
         precision: str = "fp32",
         device_type: str = "cpu",
+        loss_weighting: Optional[LossWeighting] = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -225,7 +220,6 @@ class MultiTaskTrainModule(nn.Module):
         self.register_buffer(
             "_is_binary", torch.tensor([t == "binary" for t in task_types]), persistent=False
         )
-        self.register_buffer("_task_weights", torch.ones(k), persistent=False)
         # ESMM: task k's loss is the CTCVR loss on its parent's sample space.
         self.register_buffer("_is_esmm", torch.tensor([p >= 0 for p in parents]), persistent=False)
         self.register_buffer(
@@ -233,17 +227,19 @@ class MultiTaskTrainModule(nn.Module):
             torch.tensor([p if p >= 0 else i for i, p in enumerate(parents)]),
             persistent=False,
         )
-        self.register_buffer(
-            "_scale",
-            torch.tensor([1.0 if t == "binary" else 0.5 for t in task_types]),
-            persistent=False,
-        )
-        self.log_vars: Optional[nn.Parameter] = (
-            nn.Parameter(torch.zeros(k)) if uncertainty else None
-        )
+        if loss_weighting is None:
+            ones = [1.0] * k
+            loss_weighting = (
+                UncertaintyWeighting(ones, ones, task_types)
+                if uncertainty
+                else FixedWeighting(ones, ones)
+            )
+        self.loss_weighting = loss_weighting
 
-    def set_task_weights(self, weights: torch.Tensor) -> None:
-        self._task_weights.copy_(weights)
+    @property
+    def log_vars(self) -> Optional[nn.Parameter]:
+        """The uncertainty weighting's learned log-variances ``s_k``, or None."""
+        return getattr(self.loss_weighting, "log_vars", None)
 
     def forward(
         self, batch: MultiTaskBatch
@@ -272,13 +268,5 @@ class MultiTaskTrainModule(nn.Module):
         else:
             global_sums, share = sums.detach(), 1
         denom = counts.clamp(min=1.0)
-        losses = sums * share / denom
-        if self.log_vars is not None:
-            present = (counts > 0).to(losses.dtype)
-            weighted = (
-                self._scale * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars * present
-            )
-        else:
-            weighted = losses
-        loss = (weighted * self._task_weights).sum()
+        loss = self.loss_weighting(sums * share / denom, counts)
         return loss, (global_sums / denom, outputs.detach(), batch.labels, batch.masks)

@@ -1,480 +1,322 @@
-"""The run folder of ``fit`` (``--out``): checked before any work, locked while written.
+"""The run folder of ``fit`` (``--out``): its paths, its checkpoints, and how it is opened.
 
-Nothing of an earlier run is deleted or replaced unless the user asked for it:
-
-- the ``--out`` argument is checked before any data is read (not empty, not the current
-  directory of a fresh run, not a file or under one, writable, and ``spec.yaml`` of the run
-  would not overwrite the user's own spec);
-- one ``fit`` at a time writes a folder: ``fit.lock`` names the holder's pid and host; a
-  lock left by a process that is gone (``kill -9``) is taken over, and the log says so;
-- a folder that holds an earlier run (checkpoints or ``metrics.json``) is refused unless
-  ``--resume`` continues it or ``--overwrite`` replaces it; with ``--overwrite`` the earlier
-  run is removed only once the new run's data has been read and its transforms fitted;
-- ``--resume`` needs a checkpoint, and the spec the run was trained with: a changed key is
-  named (see :data:`RESUMABLE_KEYS` for the keys that may change).
-
-Every refusal is one :class:`~torchrec_ple.spec.errors.DataError` or
-:class:`~torchrec_ple.spec.errors.SpecError` line (``error: ...``, exit code 2 in the CLI).
+:class:`RunDir` owns the layout (``spec.yaml``, ``transforms.json``, ``metrics.json``,
+``tensorboard/``, ``checkpoints/step_*`` and ``checkpoints/best.json``), picks a checkpoint
+(``--checkpoint-step best|last|STEP``) and loads it: sharded into the trainer's model (fit,
+evaluate) or unsharded into a plain model (export, predict). :func:`open_run` checks and
+locks a folder for ``fit``: an earlier run there is refused unless ``--resume`` continues it
+or ``--overwrite`` replaces it (removed only once the new run's data was read and its
+transforms fitted); ``--resume`` needs a checkpoint and the spec the run was trained with
+(:mod:`~torchrec_ple.train.run_spec`). Every refusal is one ``DataError``/``SpecError`` line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
 import json
-import os
-import re
 import shutil
-import socket
-import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
-import yaml
+from torchrec_ple.spec.errors import DataError, SpecError
+from torchrec_ple.train.out_paths import (
+    _check_not_user_spec,
+    check_out_arg,
+    check_out_file,
+    check_out_folder,
+)
+from torchrec_ple.train.run_lock import LOCK_FILE, RunLock, holder_text, release_all
+from torchrec_ple.train.run_spec import (
+    _MAX_NAMED_CHANGES,
+    RESUMABLE_KEYS,
+    RESUMABLE_SECTIONS,
+    _diff,  # noqa: F401 (the resume check of fit, also tune's)
+    _resolved,  # noqa: F401
+    load_saved_spec,
+    saved_spec_mapping,
+    spec_changes,
+)
 
-from torchrec_ple.spec.errors import DataError, SpecError, format_value
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchrec_ple.data.transforms import FeatureTransforms
+    from torchrec_ple.models.multitask import MultiTaskModel
 
 __all__ = [
+    "CHECKPOINT_CHOICES",
     "LOCK_FILE",
     "RESUMABLE_KEYS",
+    "RESUMABLE_SECTIONS",
+    "RunDir",
     "RunFolder",
     "RunLock",
     "check_out_arg",
     "check_out_file",
     "check_out_folder",
+    "describe_checkpoint",
     "earlier_run",
     "interrupted_message",
+    "load_saved_spec",
     "open_run",
     "release_all",
+    "saved_spec_mapping",
     "spec_changes",
 ]
 
-LOCK_FILE = "fit.lock"
-# The files fit writes at the top of its folder (trainer.SPEC_FILE, TRANSFORMS_FILE,
-# METRICS_FILE); named here so the CLI can check --out without importing torch.
-_SPEC_FILE, _TRANSFORMS_FILE, _METRICS_FILE = "spec.yaml", "transforms.json", "metrics.json"
-_CHECKPOINT_DIR, _TENSORBOARD_DIR = "checkpoints", "tensorboard"
-
-# Keys that may differ between a run's spec.yaml and the spec of its ``--resume``: how long
-# to train, how it is logged and checkpointed, where the (same) data now lives and how the
-# tables are placed (DCP reshards them). Any other change would silently train another
-# model from the checkpoint (or fail to load it), so it is refused. ``[*]`` is any index.
-RESUMABLE_KEYS: Tuple[str, ...] = (
-    "train.epochs",
-    "train.max_steps",
-    "train.progress",
-    "train.tensorboard",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.num_threads",
-    "train.eval_batch_size",
-    "train.on_nonfinite_loss",
-    "train.max_skipped_steps",
-    # when to stop early (its verdict is recomputed from the run's history on resume)
-    "train.early_stopping",
-    "train.early_stopping.patience",
-    "train.early_stopping.min_delta",
-    "data.train.path",
-    "data.validation.path",
-    "data.num_workers",
-    "features[*].embedding.sharding",
-    # where the same weights live and how they are computed (a resume may move devices)
-    "features[*].embedding.compute_kernel",
-    "features[*].embedding.cache_load_factor",
-    "train.precision",
-    "train.planner",
-    "train.planner.hbm_cap_gb",
-    "train.planner.ddr_cap_gb",
-    "train.dist_timeout_s",
-)
-# whole sections a resume may change: fit ignores ``tune:`` (the search space of ``tune``)
-RESUMABLE_SECTIONS: Tuple[str, ...] = ("tune",)
-_MAX_NAMED_CHANGES = 6
-
-# ----------------------------------------------------------------------- path arguments
+SPEC_FILE, TRANSFORMS_FILE, METRICS_FILE = "spec.yaml", "transforms.json", "metrics.json"
+CHECKPOINT_DIR, TENSORBOARD_DIR = "checkpoints", "tensorboard"
+TRAINER_STATE = "trainer.json"  # a complete checkpoint has it (checkpoint.TRAINER_STATE)
+CHECKPOINT_CHOICES = ("best", "last")
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists() and not p.is_symlink() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _check_parents(path: Path, what: str) -> None:
-    """Refuse a path under a file, or one whose nearest existing folder is not writable."""
-    base = _nearest_existing(path.parent if path.parent != path else path)
-    if base.exists() and not base.is_dir():
-        raise DataError(
-            file=str(path), expected=f"a path for {what} under a folder", found=f"{base} is a file"
-        )
-    if base.exists() and not os.access(base, os.W_OK | os.X_OK):
-        raise DataError(
-            file=str(path),
-            expected=f"a folder this user may write ({what})",
-            found=f"no write permission on {base}",
-        )
-
-
-def check_out_folder(path: Path, what: str = "--out") -> None:
-    """Refuse an output folder that is a file, lies under a file or cannot be written.
+class RunDir:
+    """A run folder of ``fit``: the paths in it, its checkpoints, and loading one.
 
     Args:
-        path (Path): the folder to write (it may not exist yet).
-        what (str): the argument's name, for the message. Default: ``--out``.
-
-    Raises:
-        DataError: one line naming the path and what is wrong with it.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DataError(file=str(path), expected=f"a folder for {what}", found="an existing file")
-    if not path.is_dir():
-        _check_parents(path, what)
-    elif not os.access(path, os.W_OK | os.X_OK):
-        raise DataError(
-            file=str(path),
-            expected=f"a folder this user may write ({what})",
-            found="no write permission",
-        )
-
-
-def check_out_file(path: Path, what: str = "--output") -> None:
-    """Refuse an output file path that is a folder, lies under a file or cannot be written.
-
-    Args:
-        path (Path): the file to write (replaced if it exists).
-        what (str): the argument's name, for the message. Default: ``--output``.
-
-    Raises:
-        DataError: one line naming the path and what is wrong with it.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(
-            file=str(path), expected=f"a file path for {what}", found="an existing folder"
-        )
-    _check_parents(path, what)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise DataError(
-            file=str(path), expected=f"a file this user may write ({what})", found="read-only"
-        )
-
-
-def _check_not_user_spec(out: Path, spec_path: Optional[Path]) -> None:
-    if spec_path is None:
-        return
-    for name in (_SPEC_FILE, _TRANSFORMS_FILE, _METRICS_FILE):
-        target = out / name
-        try:
-            same = target.exists() and Path(spec_path).exists() and target.samefile(spec_path)
-        except OSError:
-            same = False
-        if same:
-            raise DataError(
-                file=str(out),
-                expected="a run folder where fit's files do not replace the spec",
-                found=f"{target} is the spec {spec_path}",
-                hint="pick another --out, e.g. runs/first",
-            )
-
-
-def check_out_arg(raw: str, spec_path: Optional[Path] = None, resume: bool = False) -> Path:
-    """The checked ``--out`` of ``fit``, before any work starts.
-
-    Refuses an empty string (it would mean the current directory), the current directory
-    itself for a new run (a run folder holds checkpoints, metrics and a ``spec.yaml`` of its
-    own), a folder where fit's ``spec.yaml`` would replace the user's spec, and whatever
-    :func:`check_out_folder` refuses.
-
-    Args:
-        raw (str): the argument as typed.
-        spec_path (Optional[Path]): the user's spec file.
-        resume (bool): ``--resume`` (continuing a run from inside its folder is fine).
-
-    Returns:
-        Path: the folder.
-
-    Raises:
-        DataError: one line naming the problem.
-    """
-    if not raw.strip():
-        raise DataError(
-            file="--out", expected="a run folder, e.g. --out runs/first", found="an empty path"
-        )
-    path = Path(raw)
-    if not resume and path.resolve() == Path.cwd().resolve():
-        raise DataError(
-            file=raw,
-            expected="a folder of the run's own (e.g. --out runs/first)",
-            found="the current directory",
-            hint="fit writes checkpoints, metrics.json, transforms.json and spec.yaml there",
-        )
-    _check_not_user_spec(path, spec_path)
-    check_out_folder(path)
-    return path
-
-
-# --------------------------------------------------------------------------------- lock
-
-
-def _start_time(pid: int) -> Optional[str]:
-    """A process's start time since boot (``/proc``), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields and fields[0] == "Z":  # a zombie has ended; it only waits to be reaped
-        return "zombie"
-    return fields[19] if len(fields) > 19 else None
-
-
-def _alive(pid: int, started: Optional[str]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    now = _start_time(pid)
-    if now == "zombie":
-        return False
-    return started is None or now is None or now == started
-
-
-def _holder_text(holder: Dict[str, Any]) -> str:
-    since = holder.get("since")
-    when = f" since {since}" if since else ""
-    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}"
-
-
-class _Held:
-    """The lock file this process holds: an open descriptor with a ``flock`` on it."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self.fd, self.users = path, fd, 0
-
-    def release(self) -> None:
-        try:
-            # unlink only our own file: another process may have replaced a stale one
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                self.path.unlink()
-        except OSError:
-            pass
-        os.close(self.fd)
-
-
-_HELD: Dict[str, _Held] = {}
-
-
-def _drop(key: str, held: _Held) -> None:
-    if _HELD.get(key) is not held:  # released already (release_all)
-        return
-    held.users -= 1
-    if held.users <= 0:
-        del _HELD[key]
-        held.release()
-
-
-def release_all() -> None:
-    """Release every lock this process holds (the CLI's last step, whatever happened)."""
-    for held in list(_HELD.values()):
-        held.release()
-    _HELD.clear()
-
-
-class RunLock:
-    """The lock of a run folder: ``<folder>/fit.lock``, holding the writer's pid and host.
-
-    Exclusive through ``flock`` (which the kernel drops when the process dies, even by
-    ``kill -9``); the file's content names the holder for the refusal and for taking over
-    a lock its process left. Released when the handle is garbage (``fit`` returned or
-    raised), or at exit; a second lock of the same folder in this process shares it.
-
-    Args:
-        folder (Path): the run folder (must exist).
-
-    Raises:
-        DataError: another live process holds the folder (its pid and host are named).
+        path (Union[str, Path]): the folder (``fit --out``).
 
     Example::
 
-        lock = RunLock(out)  # refuses if another fit writes `out`
-        print(lock.took_over)  # a dead holder's record, or None
+        run, ckpt = RunDir.locate(Path("runs/first"), "best")
+        print(run.describe(ckpt))  # step_000000024 (best: epoch 1, cvr auc 0.7214)
+        model, transforms = run.load_unsharded(run.load_spec(), ckpt)
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / LOCK_FILE
-        self.took_over: Optional[Dict[str, Any]] = None
-        key = str(self.path.resolve())
-        held = _HELD.get(key)
-        if held is None:
-            held, self.took_over = self._acquire()
-            _HELD[key] = held
-        held.users += 1
-        self._finalizer = weakref.finalize(self, _drop, key, held)
+    def __init__(self, path: Union[str, Path]) -> None:
+        self._path = Path(path)
 
-    def release(self) -> None:
-        """Release the lock now (it is released anyway when the handle is garbage)."""
-        self._finalizer()
+    @property
+    def path(self) -> Path:
+        return self._path
 
-    def _acquire(self) -> Tuple[_Held, Optional[Dict[str, Any]]]:
-        host = socket.gethostname()
-        for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                locked = False
-            except OSError:  # no flock on this filesystem: the pid record decides alone
-                locked = True
-            if locked:
-                try:
-                    same_file = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same_file = False
-                if not same_file:  # the holder released (unlinked) it meanwhile: retry
-                    os.close(fd)
-                    continue
-            holder = self._read(fd)
-            if not locked or (holder and self._live_elsewhere(holder, host)):
-                os.close(fd)
-                raise DataError(
-                    file=str(self.path.parent),
-                    expected="a run folder no other fit is writing",
-                    found=f"locked by {_holder_text(holder)}",
-                    hint=(
-                        "wait for that fit to end or pick another --out"
-                        if holder.get("host") in (None, host)
-                        else f"if that fit has ended, delete {self.path}"
-                    ),
-                )
-            me = {
-                "pid": os.getpid(),
-                "host": host,
-                "started": _start_time(os.getpid()),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-            os.fsync(fd)
-            mine = holder.get("pid") == os.getpid() and holder.get("host") == host
-            return _Held(self.path, fd), (holder if holder and not mine else None)
-        raise DataError(
-            file=str(self.path), expected="a lock file that stays put", found="it kept changing"
-        )
+    @property
+    def spec_file(self) -> Path:
+        return self._path / SPEC_FILE
+
+    @property
+    def transforms_file(self) -> Path:
+        return self._path / TRANSFORMS_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self._path / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        """The ``checkpoints`` folder (``step_*`` and ``best.json``)."""
+        return self._path / CHECKPOINT_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self._path / TENSORBOARD_DIR
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def list_checkpoints(self) -> List[Path]:
+        """Complete checkpoints, oldest first."""
+        from torchrec_ple.train.checkpoint import list_checkpoints
+
+        return list_checkpoints(self.checkpoints)
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        """The newest complete checkpoint, or None."""
+        found = self.list_checkpoints()
+        return found[-1] if found else None
+
+    def best_checkpoint(self) -> Optional[Path]:
+        """The checkpoint ``train.select`` chose (``best.json``), or None."""
+        from torchrec_ple.train.checkpoint import best_checkpoint
+
+        return best_checkpoint(self.checkpoints)
+
+    def checkpoint(self, which: Optional[str] = None) -> Optional[Path]:
+        """The checkpoint ``--checkpoint-step`` names: ``best`` (refused when the run has
+        none), ``last``, a step, or None (the best when the run has one, else the newest).
+
+        Raises:
+            DataError: no best checkpoint was recorded, or no checkpoint has that step.
+        """
+        root = self.checkpoints
+        if which in (None, "best"):
+            best = self.best_checkpoint()
+            if best is not None or which is None:
+                return best or self.latest_checkpoint()
+            raise DataError(
+                file=str(root),
+                expected="a best checkpoint (a run fitted with train.select)",
+                found="none recorded",
+                hint="--checkpoint-step last uses the newest checkpoint",
+            )
+        if which == "last":
+            return self.latest_checkpoint()
+        from torchrec_ple.train.checkpoint import checkpoint_name
+
+        names = [p.name for p in self.list_checkpoints()]
+        text = str(which).strip()
+        wanted = checkpoint_name(int(text)) if text.isdigit() else text
+        if wanted not in names:
+            steps = ", ".join(str(int(n.removeprefix("step_"))) for n in names) or "none"
+            raise DataError(
+                file=str(root),
+                expected="--checkpoint-step best, last or the step of a checkpoint there",
+                found=f"{which!r} (steps: {steps})",
+            )
+        return root / wanted
+
+    @classmethod
+    def locate(
+        cls, path: Union[str, Path], which: Optional[str] = None, fresh: bool = False
+    ) -> Tuple[RunDir, Path]:
+        """The run folder and checkpoint a path names: a run folder (then ``which`` picks,
+        see :meth:`checkpoint`) or one of its ``checkpoints/step_*``.
+
+        Args:
+            path (Union[str, Path]): ``fit``'s run folder, or one of its checkpoints.
+            which (Optional[str]): ``best``, ``last``, a step or None. Default: None.
+            fresh (bool): refuse a checkpoint older than the run's ``transforms.json``
+                (left by an earlier fit into the folder). Default: False.
+
+        Raises:
+            DataError: no complete checkpoint there, no ``transforms.json``, or (``fresh``)
+                a stale checkpoint.
+        """
+        path = Path(path)
+        if (path / CHECKPOINT_DIR).is_dir():
+            run, ckpt = cls(path), cls(path).checkpoint(which)
+        else:
+            run = cls(path.parent.parent)
+            ckpt = path if (path / TRAINER_STATE).is_file() else None
+        if ckpt is None:
+            raise DataError(
+                file=str(path),
+                expected="a run directory of fit, or one of its checkpoints/step_* folders",
+                found="no complete checkpoint",
+            )
+        if not run.transforms_file.is_file():
+            raise DataError(
+                file=str(run.transforms_file),
+                expected="the transforms.json written by fit",
+                found="nothing",
+            )
+        if fresh:
+            run._check_fresh(ckpt)
+        return run, ckpt
+
+    def _check_fresh(self, ckpt: Path) -> None:
+        """A fresh ``fit`` writes its transforms before any checkpoint: an older checkpoint
+        was left in the folder by an earlier fit (whose model need not match them)."""
+        meta = ckpt / TRAINER_STATE
+        if meta.is_file() and meta.stat().st_mtime < self.transforms_file.stat().st_mtime:
+            raise DataError(
+                file=str(ckpt),
+                expected=f"a checkpoint written after {TRANSFORMS_FILE} (by the same fit)",
+                found="an older one, left by an earlier fit into this directory",
+                hint="remove the stale checkpoints/step_* folders or fit into a new directory",
+            )
+
+    def describe(self, ckpt: Path) -> str:
+        """What a checkpoint of the run is, for a line of output: ``step_... (best: epoch 1,
+        cvr auc 0.7214)``, ``step_... (last, after epoch 2)`` or ``step_...``."""
+        from torchrec_ple.train.checkpoint import read_best
+        from torchrec_ple.train.history import score_text
+
+        best = read_best(ckpt.parent)
+        last = RunDir(ckpt.parent.parent).latest_checkpoint()
+        is_last = last is not None and last.name == ckpt.name
+        if best is not None and best.get("checkpoint") == ckpt.name:
+            return (
+                f"{ckpt.name} ({'best and last' if is_last else 'best'}: epoch "
+                f"{best.get('epoch')}, {score_text(best)})"
+            )
+        if is_last:
+            meta = self.trainer_state(ckpt) or {}
+            done = meta.get("epoch"), meta.get("batch_in_epoch")
+            where = f", after epoch {done[0] - 1}" if done[1] == 0 and done[0] else ""
+            return f"{ckpt.name} (last{where})"
+        return ckpt.name
 
     @staticmethod
-    def _read(fd: int) -> Dict[str, Any]:
+    def trainer_state(ckpt: Path) -> Optional[Dict[str, Any]]:
+        """A checkpoint's ``trainer.json`` (its loop position), or None if unreadable."""
         try:
-            data = os.pread(fd, 4096, 0)
-            holder = json.loads(data.decode()) if data.strip() else {}
+            return json.loads((ckpt / TRAINER_STATE).read_text())
         except (OSError, ValueError):
-            return {"pid": "?", "host": "?"}  # unreadable: treat as a dead holder's
-        return holder if isinstance(holder, dict) else {}
+            return None
 
-    @staticmethod
-    def _live_elsewhere(holder: Dict[str, Any], host: str) -> bool:
-        """Whether the recorded holder may still run (the flock was free, so normally not)."""
-        if holder.get("host") not in (host, "?"):
-            return True  # another host: its pid cannot be checked from here
-        pid = holder.get("pid")
-        if not isinstance(pid, int) or pid == os.getpid():
-            return False
-        return _alive(pid, holder.get("started"))
+    # ------------------------------------------------------------------ files and loading
 
+    def load_spec(self, overrides: Any = ()) -> Any:
+        """The run's saved ``spec.yaml`` (see :func:`load_saved_spec`)."""
+        return load_saved_spec(self._path, overrides)
 
-# ---------------------------------------------------------------------- spec on resume
+    def read_metrics(self) -> Optional[Dict[str, Any]]:
+        """The run's ``metrics.json``, or None."""
+        try:
+            metrics = json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return metrics if isinstance(metrics, dict) else None
 
+    def load_sharded(
+        self, ckpt: Path, model: nn.Module, optimizer: Optional[Any] = None
+    ) -> Dict[str, Any]:
+        """Load a checkpoint into the trainer's (sharded) model and optimizer; returns its
+        trainer state (see :func:`~torchrec_ple.train.checkpoint.load_checkpoint`)."""
+        from torchrec_ple.train.checkpoint import load_checkpoint
 
-def _norm_key(key: str) -> str:
-    return re.sub(r"\[\d+\]", "[*]", key)
+        return load_checkpoint(ckpt, model, optimizer)
 
+    def load_newest(
+        self, model: nn.Module, optimizer: Any, log: Optional[Callable[[str], None]]
+    ) -> Tuple[Dict[str, Any], Path]:
+        """Load the newest checkpoint that loads; a corrupt one is reported and skipped.
 
-def _resolved(spec: Any) -> Dict[str, Any]:
-    from torchrec_ple.spec.loader import plain
+        Raises:
+            DataError: no checkpoint loads (each one's error named).
+        """
+        from torchrec_ple.train.checkpoint import load_newest
 
-    d = dataclasses.asdict(spec)
-    d.pop("path", None)
-    d.pop("raw", None)
-    return plain(d)
+        return load_newest(self.list_checkpoints(), self.checkpoints, model, optimizer, log)
 
+    def load_unsharded(
+        self, spec: Any, ckpt: Path, device: Union[str, torch.device] = "cpu"
+    ) -> Tuple[MultiTaskModel, FeatureTransforms]:
+        """Build the model unsharded, as the trainer wraps it, and load a checkpoint into it
+        (in one process, whatever world size and sharding wrote it; on CPU, then moved).
 
-def _show(value: Any) -> str:
-    text = format_value(value)
-    for kind in ("list ", "mapping "):
-        if text.startswith(kind):
-            return text[len(kind) :]
-    return text
+        Args:
+            spec (Spec): the run's spec.
+            ckpt (Path): one of the run's checkpoints.
+            device (Union[str, torch.device]): where the model computes. Default: ``cpu``.
 
+        Returns:
+            Tuple[MultiTaskModel, FeatureTransforms]: the model in eval mode, and the run's
+            transforms.
 
-def _diff(run: Any, now: Any, key: str, out: List[Tuple[str, str]]) -> None:
-    if isinstance(run, dict) and isinstance(now, dict):
-        for k in list(run) + [k for k in now if k not in run]:
-            name = k[:-1] if k.endswith("_") else k  # `in_` is `in:` in YAML
-            sub = f"{key}.{name}" if key else name
-            if k not in run:
-                out.append((sub, f"run has no {sub}, spec has {_show(now[k])}"))
-            elif k not in now:
-                out.append((sub, f"run has {_show(run[k])}, spec has no {sub}"))
-            else:
-                _diff(run[k], now[k], sub, out)
-        return
-    if (
-        isinstance(run, list)
-        and isinstance(now, list)
-        and len(run) == len(now)
-        and any(isinstance(v, dict) for v in run)
-    ):
-        for i, (a, b) in enumerate(zip(run, now)):
-            _diff(a, b, f"{key}[{i}]", out)
-        return
-    if isinstance(run, list) and isinstance(now, list) and any(isinstance(v, dict) for v in run):
-        out.append((key, f"run has {len(run)} entries, spec has {len(now)}"))
-    elif run != now:
-        out.append((key, f"run has {_show(run)}, spec has {_show(now)}"))
+        Raises:
+            DataError: the checkpoint is not one of a model this spec and transforms build.
+        """
+        from torchrec_ple.data.transforms import FeatureTransforms
+        from torchrec_ple.models.builder import build_model
+        from torchrec_ple.train.checkpoint import load_in_one_process
+        from torchrec_ple.train.state import train_module
 
-
-def spec_changes(spec: Any, saved: Path) -> List[str]:
-    """The keys where ``spec`` differs from a run's saved ``spec.yaml``, resumable ones aside.
-
-    Both are compared resolved (defaults filled in), so a default written out is no change.
-    A saved spec that no longer parses is compared as written.
-
-    Args:
-        spec (Spec): the spec of the ``--resume``.
-        saved (Path): the run's ``spec.yaml``.
-
-    Returns:
-        List[str]: ``key: run has X, spec has Y`` lines, in spec order.
-    """
-    from torchrec_ple.spec.loader import parse_spec, plain
-
-    text = saved.read_text(encoding="utf-8")
-    try:
-        # parsed as if it were the user's file, so relative data paths resolve alike
-        run: Any = _resolved(parse_spec(text, spec.path))
-        now: Any = _resolved(spec)
-    except SpecError:
-        run, now = yaml.safe_load(text), plain(spec.raw)
-    found: List[Tuple[str, str]] = []
-    _diff(run, now, "", found)
-    allowed = set(RESUMABLE_KEYS)
-    return [
-        f"{key}: {what}"
-        for key, what in found
-        if _norm_key(key) not in allowed
-        and re.split(r"[.\[]", key, maxsplit=1)[0] not in RESUMABLE_SECTIONS
-    ]
+        transforms = FeatureTransforms.load(spec, self.transforms_file)
+        model = build_model(spec, transforms, device="cpu")
+        load_in_one_process(ckpt, train_module(spec, model))  # the trainer's module
+        model.eval()
+        return model.to(device), transforms
 
 
-# ----------------------------------------------------------------------- the run folder
+def describe_checkpoint(ckpt: Path) -> str:
+    """:meth:`RunDir.describe` of a checkpoint of a run (``<run>/checkpoints/step_*``)."""
+    return RunDir(ckpt.parent.parent).describe(ckpt)
+
+
+# ----------------------------------------------------------------------- opening a run
 
 
 def earlier_run(folder: Path) -> List[str]:
@@ -484,14 +326,12 @@ def earlier_run(folder: Path) -> List[str]:
         List[str]: e.g. ``["checkpoints step_000000012, step_000000024", "metrics.json"]``;
         empty when the folder holds no run.
     """
-    from torchrec_ple.train.checkpoint import list_checkpoints
-
     found = []
-    ckpts = [p.name for p in list_checkpoints(Path(folder) / _CHECKPOINT_DIR)]
+    ckpts = [p.name for p in RunDir(folder).list_checkpoints()]
     if ckpts:
         found.append("checkpoints " + ", ".join(ckpts))
-    if (Path(folder) / _METRICS_FILE).is_file():
-        found.append(_METRICS_FILE)
+    if (Path(folder) / METRICS_FILE).is_file():
+        found.append(METRICS_FILE)
     return found
 
 
@@ -523,9 +363,9 @@ class RunFolder:
         """
         if self.resume_from is not None:
             return
-        gone = [self.path / _CHECKPOINT_DIR, self.path / _METRICS_FILE]
+        gone = [self.path / CHECKPOINT_DIR, self.path / METRICS_FILE]
         if self.replace:
-            gone.append(self.path / _TENSORBOARD_DIR)
+            gone.append(self.path / TENSORBOARD_DIR)
         for p in gone:
             if p.is_dir():
                 shutil.rmtree(p)
@@ -578,7 +418,7 @@ def open_run(
         lock.release()  # a refused run leaves the folder free at once
         raise
     if lock.took_over:
-        log(f"took over {lock.path}: its {_holder_text(lock.took_over)} is no longer running")
+        log(f"took over {lock.path}: its {holder_text(lock.took_over)} is no longer running")
     return run
 
 
@@ -591,8 +431,6 @@ def _decide(
     log: Callable[[str], None],
 ) -> RunFolder:
     """Fill in ``run`` for a new, replacing or resumed run, or refuse (see :func:`open_run`)."""
-    from torchrec_ple.train.checkpoint import latest_checkpoint
-
     folder = run.path
     earlier = earlier_run(folder)
     if not resume:
@@ -605,17 +443,17 @@ def _decide(
             )
         run.replace = earlier
         return run
-    run.resume_from = latest_checkpoint(folder / _CHECKPOINT_DIR)
-    saved = folder / _SPEC_FILE
+    run.resume_from = RunDir(folder).latest_checkpoint()
+    saved = folder / SPEC_FILE
     if run.resume_from is None:
         if not restarted:
             raise DataError(
-                file=str(folder / _CHECKPOINT_DIR),
+                file=str(folder / CHECKPOINT_DIR),
                 expected="a complete checkpoint to --resume from",
                 found="none",
                 hint="fit without --resume starts the run",
             )
-        log(f"resume: no complete checkpoint under {folder / _CHECKPOINT_DIR} yet; starting over")
+        log(f"resume: no complete checkpoint under {folder / CHECKPOINT_DIR} yet; starting over")
         return run
     if saved.is_file():
         changed = spec_changes(spec, saved)
@@ -636,16 +474,13 @@ def _decide(
     return run
 
 
-# -------------------------------------------------------------------------- interrupts
-
-
 def interrupted_message(folder: Optional[Path], tb: Optional[TracebackType]) -> str:
     """The one line of a ``fit`` ended by Ctrl-C: the step reached and what to resume from.
 
     Args:
         folder (Optional[Path]): the run folder (``--out``).
         tb (Optional[TracebackType]): the ``KeyboardInterrupt``'s traceback; the step is
-            read from the frame of ``trainer.fit`` in it.
+            read from the frame of ``trainer.fit`` in it (its :class:`Trainer`'s step).
     """
     step: Optional[int] = None
     while tb is not None:
@@ -653,15 +488,13 @@ def interrupted_message(folder: Optional[Path], tb: Optional[TracebackType]) -> 
         if frame.f_code.co_name == "fit" and frame.f_globals.get("__name__", "").endswith(
             "train.trainer"
         ):
-            value = frame.f_locals.get("step")
+            value = getattr(frame.f_locals.get("trainer"), "step", None)
             step = value if isinstance(value, int) else step
         tb = tb.tb_next
     where = f"interrupted at step {step}" if step is not None else "interrupted before training"
     newest = None
     if folder is not None:
-        from torchrec_ple.train.checkpoint import latest_checkpoint
-
-        newest = latest_checkpoint(Path(folder) / _CHECKPOINT_DIR)
+        newest = RunDir(folder).latest_checkpoint()
     if newest is None:
         return f"{where}; no checkpoint was written; fit starts the run again"
     return f"{where}; the newest checkpoint is {newest}; fit --resume continues"

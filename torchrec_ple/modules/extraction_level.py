@@ -1,0 +1,324 @@
+"""One extraction level of PLE / CGC / MMoE: experts, gates, softmax and mixture, fused.
+
+``ExtractionNetwork`` (``extraction.py``) stacks these levels; nothing else uses them.
+"""
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from torchrec_ple.modules.mlp import ParamSlice, StackedMLP, make_activation, make_dropout
+
+
+class _ExtractionLevel(nn.Module):
+    """What every extraction level shares: expert layout, the deeper expert layers, the gates'
+    softmax and the mixture.
+
+    Experts of a level are numbered task 0's ``m_t`` experts, task 1's, ..., then the ``m_s``
+    shared ones (``E = K * m_t + m_s``). Gates are numbered task 0 .. task K-1, then the shared
+    gate if the level has one (``G`` gates). Gate logits are laid out gate after gate in that
+    order; a task gate's columns are its own experts then the shared ones, the shared gate's
+    columns are all ``E`` experts in expert order.
+
+    The mixture of the whole level is one ``bmm``: the logits are scattered (by a fixed
+    index) into a dense ``(B, G, E)`` matrix whose unseen entries are ``-inf``, so one softmax
+    gives every gate its softmax over exactly the experts it may see and exact zeros elsewhere.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__()
+        k, m_s, m_t = num_tasks, num_shared_experts, num_task_experts
+        self._in_features = in_features
+        self._num_tasks = k
+        self._m_s = m_s
+        self._m_t = m_t
+        self._num_experts = k * m_t + m_s
+        self._num_gates = k + int(has_shared_gate)
+        self._has_shared_gate = has_shared_gate
+        self._first_dim = expert_dims[0]
+        self._expert_width = self._num_experts * self._first_dim
+        self._task_gate_width = m_t + m_s
+        self._gate_widths: List[int] = [m_t + m_s] * k + (
+            [self._num_experts] if has_shared_gate else []
+        )
+        self._gate_offsets: List[int] = [sum(self._gate_widths[:g]) for g in range(self._num_gates)]
+        self._num_logits = sum(self._gate_widths)
+        self._activation = make_activation(activation)
+        self._dropout = make_dropout(dropout)
+        # Deeper layers of all experts at once: one baddbmm per layer.
+        self._tail = StackedMLP(
+            self._num_experts,
+            expert_dims[0],
+            expert_dims[1:],
+            activation,
+            dropout,
+            activate_last=True,
+            shared_input=False,
+        )
+        self._output_dim = expert_dims[-1]
+
+        num_experts = self._num_experts
+        dense_index = torch.full((self._num_gates, num_experts), self._num_logits, dtype=torch.long)
+        seen_index: List[int] = []
+        for g in range(self._num_gates):
+            for p, e in enumerate(self.gate_experts(g)):
+                dense_index[g, e] = self._gate_offsets[g] + p
+                seen_index.append(g * num_experts + e)
+        self.register_buffer("_dense_index", dense_index.view(-1), persistent=False)
+        self.register_buffer(
+            "_seen_index", torch.tensor(seen_index, dtype=torch.long), persistent=False
+        )
+
+    @property
+    def output_dim(self) -> int:
+        return self._output_dim
+
+    @property
+    def has_shared_gate(self) -> bool:
+        return self._has_shared_gate
+
+    @property
+    def num_gates(self) -> int:
+        """Gates of the level: one per task, then the shared gate if it has one."""
+        return self._num_gates
+
+    def expert_index(self, task: Optional[int], i: int) -> int:
+        """Position of task ``task``'s (``None``: the shared) ``i``-th expert."""
+        if task is None:
+            if not 0 <= i < self._m_s:
+                raise IndexError(f"shared expert {i} out of range (level has {self._m_s})")
+            return self._num_tasks * self._m_t + i
+        if not (0 <= task < self._num_tasks and 0 <= i < self._m_t):
+            raise IndexError(f"task {task} expert {i} out of range")
+        return task * self._m_t + i
+
+    def gate_experts(self, gate: int) -> List[int]:
+        """The experts gate ``gate`` mixes, in its column order."""
+        shared = list(range(self._num_tasks * self._m_t, self._num_experts))
+        if gate == self._num_tasks:
+            return list(range(self._num_experts))
+        own = list(range(gate * self._m_t, (gate + 1) * self._m_t))
+        return own + shared
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        raise NotImplementedError
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        raise NotImplementedError
+
+    def expert_slices(self, expert: int) -> List[ParamSlice]:
+        return self.first_layer_slices(expert) + self._tail.mlp_parameter_slices(expert)
+
+    def _reset(self, *params: Optional[nn.Parameter]) -> None:
+        bound = 1.0 / math.sqrt(self._in_features)
+        for p in params:
+            if p is not None:
+                nn.init.uniform_(p, -bound, bound)
+
+    def _mix(self, first: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            first (torch.Tensor): activated first layer of every expert, ``(E, B, H1)``.
+            logits (torch.Tensor): every gate's logits, ``(B, num_logits)``.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)`` and dense gate weights
+            ``(B, G, E)``.
+        """
+        experts = self._tail(first)  # (E, B, H)
+        padded = torch.cat([logits, torch.full_like(logits[:, :1], float("-inf"))], dim=1)
+        dense = padded.index_select(1, self._dense_index).view(
+            -1, self._num_gates, self._num_experts
+        )
+        gates = torch.softmax(dense, dim=-1)
+        mix = torch.bmm(gates, experts.transpose(0, 1))
+        return mix, gates
+
+    def split_gates(self, gates: torch.Tensor) -> List[torch.Tensor]:
+        """Dense ``(B, G, E)`` gate weights to one ``(B, n_seen)`` tensor per gate."""
+        seen = gates.flatten(1).index_select(1, self._seen_index)
+        return list(seen.split(self._gate_widths, dim=1))
+
+
+class _InputLevel(_ExtractionLevel):
+    """The first level: every expert and gate reads the same input, so the first layer of all
+    experts and all gates' logits are one ``addmm`` against ``fused_weight``, ``(D, E * H1 +
+    num_logits)``: columns ``[e * H1, (e + 1) * H1)`` are expert ``e``'s first layer, the rest
+    the gates' logits in gate order.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__(
+            in_features,
+            num_tasks,
+            num_shared_experts,
+            num_task_experts,
+            expert_dims,
+            activation,
+            dropout,
+            has_shared_gate,
+        )
+        width = self._expert_width + self._num_logits
+        self.fused_weight = nn.Parameter(torch.empty(in_features, width))
+        self.fused_bias = nn.Parameter(torch.empty(width))
+        self._reset(self.fused_weight, self.fused_bias)
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        cols = slice(expert * self._first_dim, (expert + 1) * self._first_dim)
+        return [(self.fused_weight, (slice(None), cols)), (self.fused_bias, (cols,))]
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        start = self._expert_width + self._gate_offsets[gate]
+        cols = slice(start, start + self._gate_widths[gate])
+        return [(self.fused_weight, (slice(None), cols)), (self.fused_bias, (cols,))]
+
+    def forward(
+        self, task_in: torch.Tensor, shared_in: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            task_in (torch.Tensor): the input ``x``, ``(B, D)``.
+            shared_in (torch.Tensor): the same ``x`` (ignored).
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)``, gates ``(B, G, E)``.
+        """
+        fused = torch.addmm(self.fused_bias, task_in, self.fused_weight)
+        # split (not two slices): its backward is one cat instead of zero-filled copies.
+        parts = fused.split([self._expert_width, self._num_logits], dim=1)
+        first = self._dropout(self._activation(parts[0]))
+        first = first.view(-1, self._num_experts, self._first_dim).transpose(0, 1)
+        return self._mix(first, parts[1])
+
+
+class _InnerLevel(_ExtractionLevel):
+    """A later level: task ``k``'s experts and gate read task ``k``'s previous mixture, the
+    shared experts and the shared gate read the previous shared mixture. Experts are grouped
+    by input:
+
+    * ``task_weight`` ``(K, D, m_t * H1 + m_t + m_s)``, ``task_bias`` ``(K, ...)``: per task,
+      its experts' first layers then its gate; one ``baddbmm`` over the stacked task inputs.
+    * ``shared_weight`` ``(D, m_s * H1 + [E])``, ``shared_bias``: the shared experts' first
+      layers then (if any) the shared gate; one ``addmm``. ``None`` when empty.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_tasks: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: List[int],
+        activation: str,
+        dropout: float,
+        has_shared_gate: bool,
+    ) -> None:
+        super().__init__(
+            in_features,
+            num_tasks,
+            num_shared_experts,
+            num_task_experts,
+            expert_dims,
+            activation,
+            dropout,
+            has_shared_gate,
+        )
+        self._task_expert_width = self._m_t * self._first_dim
+        self._shared_expert_width = self._m_s * self._first_dim
+        task_width = self._task_expert_width + self._task_gate_width
+        self.task_weight = nn.Parameter(torch.empty(num_tasks, in_features, task_width))
+        self.task_bias = nn.Parameter(torch.empty(num_tasks, task_width))
+        shared_gate_width = self._num_experts if has_shared_gate else 0
+        shared_width = self._shared_expert_width + shared_gate_width
+        self._task_split: List[int] = [self._task_expert_width, self._task_gate_width]
+        self._shared_split: List[int] = [self._shared_expert_width, shared_gate_width]
+        if shared_width > 0:
+            self.shared_weight: Optional[nn.Parameter] = nn.Parameter(
+                torch.empty(in_features, shared_width)
+            )
+            self.shared_bias: Optional[nn.Parameter] = nn.Parameter(torch.empty(shared_width))
+        else:
+            self.register_parameter("shared_weight", None)
+            self.register_parameter("shared_bias", None)
+        self._reset(self.task_weight, self.task_bias, self.shared_weight, self.shared_bias)
+
+    def first_layer_slices(self, expert: int) -> List[ParamSlice]:
+        h1 = self._first_dim
+        num_task_experts = self._num_tasks * self._m_t
+        if expert < num_task_experts:
+            task, i = divmod(expert, self._m_t)
+            cols = slice(i * h1, (i + 1) * h1)
+            return [
+                (self.task_weight, (task, slice(None), cols)),
+                (self.task_bias, (task, cols)),
+            ]
+        assert self.shared_weight is not None and self.shared_bias is not None
+        s = expert - num_task_experts
+        cols = slice(s * h1, (s + 1) * h1)
+        return [(self.shared_weight, (slice(None), cols)), (self.shared_bias, (cols,))]
+
+    def gate_slices(self, gate: int) -> List[ParamSlice]:
+        if gate < self._num_tasks:
+            cols = slice(self._task_expert_width, self._task_expert_width + self._task_gate_width)
+            return [
+                (self.task_weight, (gate, slice(None), cols)),
+                (self.task_bias, (gate, cols)),
+            ]
+        assert self.shared_weight is not None and self.shared_bias is not None
+        cols = slice(self._shared_expert_width, self._shared_expert_width + self._num_experts)
+        return [(self.shared_weight, (slice(None), cols)), (self.shared_bias, (cols,))]
+
+    def forward(
+        self, task_in: torch.Tensor, shared_in: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            task_in (torch.Tensor): each task's previous mixture, ``(K, B, D)``.
+            shared_in (torch.Tensor): the previous shared mixture, ``(B, D)``.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)``, gates ``(B, G, E)``.
+        """
+        k, m_t, m_s, h1 = self._num_tasks, self._m_t, self._m_s, self._first_dim
+        per_task = torch.baddbmm(self.task_bias.unsqueeze(1), task_in, self.task_weight)
+        task_parts = per_task.split(self._task_split, dim=2)
+        firsts: List[torch.Tensor] = []
+        if m_t > 0:
+            task_first = self._dropout(self._activation(task_parts[0]))
+            # (K, B, m_t * H1) -> (K * m_t, B, H1), experts of task 0 first.
+            task_first = task_first.reshape(k, -1, m_t, h1).permute(0, 2, 1, 3)
+            firsts.append(task_first.reshape(k * m_t, -1, h1))
+        logits = [task_parts[1].transpose(0, 1).reshape(-1, k * (m_t + m_s))]
+        shared_weight = self.shared_weight
+        shared_bias = self.shared_bias
+        if shared_weight is not None and shared_bias is not None:
+            shared = torch.addmm(shared_bias, shared_in, shared_weight)
+            shared_parts = shared.split(self._shared_split, dim=1)
+            if m_s > 0:
+                shared_first = self._dropout(self._activation(shared_parts[0]))
+                firsts.append(shared_first.view(-1, m_s, h1).transpose(0, 1))
+            if self._has_shared_gate:
+                logits.append(shared_parts[1])
+        return self._mix(torch.cat(firsts, dim=0), torch.cat(logits, dim=1))
