@@ -47,6 +47,15 @@ ONE_PROCESS = COMMON + ["train.batch_size=256", "train.epochs=6", "train.checkpo
 TWO_PROCESSES = COMMON + ["train.batch_size=128", "train.epochs=3", "train.checkpoint_every=2"]
 KILLS = 2
 MAX_KILL_DELAY_S = 1.0
+
+
+def _max_delay(full: Dict[str, Any]) -> float:
+    """The longest wait before a kill: MAX_KILL_DELAY_S, or a quarter of the uninterrupted
+    run's training time on a machine fast enough to finish the run within it (a kill must
+    land before the end, after two kills too)."""
+    return min(MAX_KILL_DELAY_S, full["train"]["seconds"] / 4)
+
+
 LAUNCH_TIMEOUT_S = 120.0
 RESUMED = re.compile(r"resumed from (step_\S+): epoch (\d+), batch (\d+), step (\d+)")
 CHECKPOINT = re.compile(r"step_(\d{9})")
@@ -316,7 +325,7 @@ def test_kill_at_random_steps_then_resume_matches_uninterrupted(tmp_path: Path) 
                 f"a complete checkpoint after step {before}",
                 note,
             )
-            delay = rng.uniform(0.0, MAX_KILL_DELAY_S)
+            delay = rng.uniform(0.0, _max_delay(full))
             time.sleep(delay)
             at_kill = max(_complete_steps(run_dir))
             assert run.proc.poll() is None, (
@@ -386,7 +395,7 @@ def test_torchrun_restarts_a_killed_rank_and_resumes(tmp_path: Path) -> None:
         note = f"seed {seed}"
         run = runs.start("killed", _torchrun_cmd(run_dir, TWO_PROCESSES))
         _wait_until(lambda: bool(_complete_steps(run_dir)), run, "a complete checkpoint", note)
-        delay = rng.uniform(0.0, MAX_KILL_DELAY_S)
+        delay = rng.uniform(0.0, _max_delay(full))
         time.sleep(delay)
         worker = _first_worker(run.proc.pid, local_rank=1)
         assert worker is not None, f"{note}: no LOCAL_RANK=1 worker found\n{run.tail()}"

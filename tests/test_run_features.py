@@ -25,6 +25,8 @@ import yaml
 
 from tests.conftest import ROOT
 from torchrec_ple.cli import main
+from torchrec_ple.data.sources import load_tables
+from torchrec_ple.data.validate import fit_and_encode
 from torchrec_ple.spec import SpecError, load_spec, parse_spec
 from torchrec_ple.spec.schema import EarlyStoppingSpec, LrScheduleSpec, SelectSpec, TaskSpec
 from torchrec_ple.train import trainer
@@ -341,7 +343,7 @@ def test_tensorboard_has_no_duplicate_steps_after_resume(tmp_path: Path) -> None
 def test_lr_schedule_reaches_the_fused_tables() -> None:
     spec = _spec("train.lr_schedule={warmup_steps: 4}", "train.epochs=1")
     ctx = trainer.init_distributed()
-    transforms = trainer.fit_and_encode(spec, *trainer.load_tables(spec))[0]
+    transforms = fit_and_encode(spec, *load_tables(spec))[0]
     state = trainer.build_state(spec, transforms, ctx)
     sched = trainer._lr_schedule(spec, state, 5, None)
     assert sched is not None

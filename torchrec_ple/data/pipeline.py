@@ -129,6 +129,12 @@ class DataSplit:
     def __iter__(self) -> Iterator[MultiTaskBatch]:
         return iter(self._loader)
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Rows per evaluation batch: ``train.eval_batch_size`` (default 4x the batch size)
+        for cached rows; a streamed split's own batch size."""
+        return eval_batch_size(self._spec) if self._encoded is not None else self.batch_size
+
     def eval_batches(self) -> Iterable[MultiTaskBatch]:
         """Every row once, in read order (this rank's share): what evaluation iterates.
 

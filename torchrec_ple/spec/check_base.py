@@ -1,6 +1,6 @@
 """The checker's reporting core, shared by the section checks.
 
-:class:`Checks` records located, one-line :class:`~torchrec_ple.spec.errors.SpecError`\ s
+:class:`Checks` records located, one-line :class:`~torchrec_ple.spec.errors.SpecError` errors
 (``err``) and offers the small checks every section uses (``choice``, ``at_least``,
 ``within``, ``unique_names``). The conversion of plain data into dataclasses is
 :class:`~torchrec_ple.spec.convert.Converter`'s; the section checks are mixins

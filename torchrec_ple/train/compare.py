@@ -53,12 +53,20 @@ SWEEP_MD = "sweep.md"
 Override = Tuple[str, Any]
 
 
+class _ArchitecturesHelp(str):
+    """Help text that lists the registered heads only when the help is printed: listing
+    them imports every head (and torch), which ``--help`` and other commands need not."""
+
+    def __mod__(self, params: Any) -> str:
+        return str.__mod__(str(self) + ",".join(HEADS.names()), params)
+
+
 def add_compare_args(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` options (the spec and ``--set`` are added by the CLI)."""
     parser.add_argument(
         "--architectures",
         default="all",
-        help="comma-separated architectures, or 'all' (default) for: " + ",".join(HEADS.names()),
+        help=_ArchitecturesHelp("comma-separated architectures, or 'all' (default) for: "),
     )
     parser.add_argument(
         "--seeds", type=int, default=1, help="seeds per architecture: train.seed = base + s"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import yaml
 
-from torchrec_ple.data.sources import load_tables, read_table, spec_columns
-from torchrec_ple.data.streaming import streaming_loader
+from torchrec_ple.data.pipeline import open_split
+from torchrec_ple.data.readers.files import FilesReader
+from torchrec_ple.data.sources import load_tables
 from torchrec_ple.data.transforms import FeatureTransforms
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import init_distributed
@@ -67,23 +67,18 @@ def _evaluation_split(
     state: TrainState,
 ) -> tuple[Split, int]:
     """The split ``evaluate`` scores (the spec's ``data`` split, or the rows of
-    ``input_path``) and its row count."""
+    ``input_path``, read as the spec's validation file) and the rows read."""
     ctx = state.ctx
+    reader = None
     if input_path is not None:
         from torchrec_ple.serving.predict import input_file_spec
 
-        fs = input_file_spec(spec, input_path)
-        if not spec.data.streaming:
-            table = read_table(fs, spec_columns(spec))
-            return transforms.encode(table), table.num_rows
-        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, validation=fs))
+        reader = FilesReader(spec, "validation", file=input_file_spec(spec, input_path))
         data = "validation"
-    if spec.data.streaming:
-        batches = streaming_loader(spec, transforms, data, ctx.rank, ctx.world_size)
-        return batches, batches.report["rows_all_ranks"]
-    train_table, valid_table = load_tables(spec)
-    table = valid_table if data == "validation" else train_table
-    return transforms.encode(table), table.num_rows
+    split = open_split(spec, data, transforms, ctx.rank, ctx.world_size, reader)
+    if split is None:  # a held-out split of no rows (validation_fraction 0): no row to score
+        return transforms.encode(load_tables(spec)[1]), 0
+    return split, split.rows_read
 
 
 def resolve_checkpoint(path: Path, which: Optional[str] = None) -> tuple[Path, Path]:

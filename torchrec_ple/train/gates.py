@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable
 
 import torch
 import torch.distributed as dist
 
-from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
-from torchrec_ple.data.streaming import StreamingBatches
-from torchrec_ple.data.transforms import EncodedData
+from torchrec_ple.data.batch import MultiTaskBatch
 from torchrec_ple.spec.schema import Spec
+from torchrec_ple.train.fit_data import Split, as_split
 from torchrec_ple.train.loss import MultiTaskTrainModule
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 def gate_summary(
     spec: Spec,
     state: TrainState,
-    data: Union[EncodedData, StreamingBatches],
+    data: Split,
     max_rows: int = 50_000,
 ) -> Dict[str, Any]:
     """Mean softmax weight of every gate on (up to ``max_rows`` of) ``data``.
@@ -36,13 +35,9 @@ def gate_summary(
     if not model.head.has_gates:
         return {}
     model.eval()
-    bs = spec.train.eval_batch_size or 4 * spec.train.batch_size
-    loader: Iterable[MultiTaskBatch]
-    if isinstance(data, StreamingBatches):
-        data.set_epoch(0)
-        loader, bs = data, data.batch_size
-    else:
-        loader = BatchLoader(data, bs, rank=state.ctx.rank, world_size=state.ctx.world_size)
+    split = as_split(spec, data, state.ctx)
+    bs = split.eval_batch_size
+    loader: Iterable[MultiTaskBatch] = split.eval_batches()
     sums: Dict[str, torch.Tensor] = {}
     rows = torch.zeros((), dtype=torch.float64)
     for i, batch in enumerate(loader):

@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from torchrec_ple.data.batch import MultiTaskBatch
+from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.transforms import EncodedData
 from torchrec_ple.spec.schema import Spec
-from torchrec_ple.train.fit_data import Split, batches_of
+from torchrec_ple.train.fit_data import Split, as_split
 from torchrec_ple.train.metrics import binary_auc, task_metrics
 from torchrec_ple.train.pipeline import batch_iterator
 
@@ -77,16 +77,15 @@ def predict_encoded(
     state: TrainState, data: EncodedData, batch_size: int
 ) -> Dict[str, torch.Tensor]:
     """Outputs, labels and masks of every row of ``data`` (gathered from all ranks)."""
-    loader = batches_of(data, batch_size, state.ctx)
+    ctx = state.ctx
+    loader = BatchLoader(data, batch_size, rank=ctx.rank, world_size=ctx.world_size)
     return predict_batches(state, loader, data.labels.shape[1])
 
 
 def evaluate_encoded(spec: Spec, state: TrainState, data: Split) -> Dict[str, Dict[str, float]]:
-    """Per-task metrics of a split (encoded rows, or streamed batches) over each task's
-    sample space."""
-    loader = batches_of(data, spec.train.eval_batch_size or 4 * spec.train.batch_size, state.ctx)
-    loader.set_epoch(0)
-    preds = predict_batches(state, loader, len(spec.tasks))
+    """Per-task metrics of a split (or of encoded rows) over each task's sample space."""
+    batches = as_split(spec, data, state.ctx).eval_batches()
+    preds = predict_batches(state, batches, len(spec.tasks))
     names = [t.name for t in spec.tasks]
     result = task_metrics(
         preds["outputs"], preds["labels"], preds["masks"], names, [t.type for t in spec.tasks]

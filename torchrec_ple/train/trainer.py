@@ -20,10 +20,7 @@ import torch
 import torch.distributed as dist
 
 from torchrec_ple.atomic import write_text_atomic
-from torchrec_ple.data.sources import load_tables
-from torchrec_ple.data.streaming import fit_transforms, streaming_loader
-from torchrec_ple.data.transforms import FeatureTransforms
-from torchrec_ple.data.validate import check_memory, fit_and_encode
+from torchrec_ple.data.pipeline import open_splits
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.checkpoint import (
     CheckpointWriteError,
@@ -34,7 +31,7 @@ from torchrec_ple.train.checkpoint import (
 from torchrec_ple.train.distributed import init_distributed
 from torchrec_ple.train.epoch import EpochSteps
 from torchrec_ple.train.evaluate import evaluate, load_run_spec, resolve_checkpoint  # noqa: F401
-from torchrec_ple.train.fit_data import FitData, Split, batches_of
+from torchrec_ple.train.fit_data import FitData
 from torchrec_ple.train.fit_log import FIT_LOG, RunLog
 from torchrec_ple.train.gates import gate_summary
 from torchrec_ple.train.history import (
@@ -189,39 +186,20 @@ class Trainer:
 
     def _open_data(self) -> FitData:
         """Read the data and fit (or, resuming, load) the transforms; the earlier run of an
-        ``--overwrite`` goes only now, and the new run's transforms are saved."""
-        spec, ctx, run, fresh = self.spec, self.ctx, self.run, self.resume_from is None
+        ``--overwrite`` goes only now (the data was read and checked), and the new run's
+        transforms are saved (see :func:`~torchrec_ple.data.pipeline.open_splits`)."""
+        ctx = self.ctx
         t0 = time.perf_counter()
-        train: Split
-        valid: Optional[Split]
-        if spec.data.streaming:
-            # One streaming pass on rank 0 (reading only the columns fitting needs); the other
-            # ranks wait for transforms.json and load it, so every rank encodes alike.
-            if fresh and ctx.is_main:
-                fitted = fit_transforms(spec)
-                check_memory(spec, fitted.tables(), ctx.world_size)  # before the model
-                self._folder.replace_earlier(self._run_log)  # the data was read, transforms fit
-                fitted.save(run.transforms_file)
-            if ctx.world_size > 1:
-                dist.barrier()
-            transforms = FeatureTransforms.load(spec, run.transforms_file)
-            train = streaming_loader(spec, transforms, "train", ctx.rank, ctx.world_size)
-            valid = None
-            if spec.data.validation is not None:
-                valid = streaming_loader(spec, transforms, "validation", ctx.rank, ctx.world_size)
-            n_train = train.report["rows_all_ranks"]
-            n_valid = valid.report["rows_all_ranks"] if valid is not None else 0
-        else:
-            train_table, valid_table = load_tables(spec)
-            saved = None if fresh else FeatureTransforms.load(spec, run.transforms_file)
-            transforms, train, valid = fit_and_encode(spec, train_table, valid_table, saved)
-            del train_table, valid_table
-            n_train, n_valid = train.num_rows, valid.num_rows if valid else 0
-        seconds = time.perf_counter() - t0
-        if fresh and ctx.is_main and not spec.data.streaming:
-            self._folder.replace_earlier(self._run_log)  # the data was read, transforms fit
-            transforms.save(run.transforms_file)
-        return FitData(transforms, train, valid, n_train, n_valid, seconds)
+        transforms, train, valid = open_splits(
+            self.spec,
+            self.run.transforms_file,
+            fit=self.resume_from is None,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            on_fitted=lambda _: self._folder.replace_earlier(self._run_log),
+            barrier=dist.barrier if ctx.world_size > 1 else None,
+        )
+        return FitData(transforms, train, valid, time.perf_counter() - t0)
 
     def _describe_data(self) -> None:
         if not self.ctx.is_main:
@@ -270,9 +248,7 @@ class Trainer:
                 f"resumed from {self.resume_from.name}: epoch {self.epoch0}, batch "
                 f"{self.batch0}, step {step}"
             )
-        loader = batches_of(
-            self.data.train, spec.train.batch_size, ctx, shuffle=True, seed=spec.train.seed
-        )
+        loader = self.data.train  # shuffled per epoch with ``train.seed``
         self.scalars = Scalars(
             self.run.tensorboard if spec.train.tensorboard and ctx.is_main else None,
             purge_step=step + 1 if self.resume_from is not None else None,
@@ -424,7 +400,7 @@ class Trainer:
         self.scalars.close()
         if self.early_stopped is None and self.finished is not None:
             self.early_stopped = saved_early_stop(spec, self.history)  # it had stopped early
-        data_reports = self.data.reports(ctx, self._run_log if ctx.is_main else None)
+        data_reports = self.data.reports(self._run_log if ctx.is_main else None)
         history = self.history
         metrics: Dict[str, Any] = {
             "tasks": history[-1].get("validation", {}) if history else {},
