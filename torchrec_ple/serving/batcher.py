@@ -1,18 +1,14 @@
 """Micro-batching: concurrent ``/score`` requests scored together, on the event loop.
 
-A checked request joins the pending batch. The batch is scored with one store read and one
-model call (entity requests and raw-value requests form separate groups) as soon as it holds
-as many requests as the server expects, or ``max_batch_rows`` rows, and at the latest
-``wait_us`` microseconds after its first request. Each request gets its own slice of the
-scores back, in its own row order.
+A checked request joins the pending batch; the batch is scored ``wait_us`` microseconds
+after its first request, or at once when it holds ``max_batch_rows`` rows, with one store
+read and one model call (entity requests and raw-value requests form separate groups).
+Each request gets its own slice of the scores back, in its own row order.
 
-The expected number is the concurrency seen last: the requests of the batch just scored
-plus those that arrived while it was scored (clients that wait for an answer send again
-once they have it). So a lone client is scored at once, and ``c`` clients that wait for
-each other's answers are scored as one batch of ``c`` instead of alternating half-batches
-that each wait for the other to be scored (that doubled the latency at 8 clients). When
-fewer requests come than expected, the batch goes after ``wait_us`` and the expectation
-follows it down.
+A request that finds the server quiet is scored at once: when requests have been coming
+further apart than ``wait_us`` (a moving average of the gaps between arrivals), waiting
+would most likely gather no other request, only add ``wait_us`` to a lone client's
+latency.
 
 Scoring runs on the event loop's thread, between reading requests. Reading Feast, the
 transforms and the program's ~100 small ATen calls are GIL-bound: on a second thread each
@@ -83,9 +79,9 @@ class MicroBatcher:
         current (Callable[[], OnlineModel]): the model to score the next batch with.
         max_batch_rows (int): a batch is scored once it holds this many rows (a larger
             request is scored alone). Default: 256.
-        wait_us (int): a batch is scored at the latest this long after its first request
-            (sooner once it holds the expected number of requests); 0: as soon as the
-            requests already read are queued. Default: 1000.
+        wait_us (int): a batch is scored this long after its first request (at once when
+            requests come further apart than that); 0: as soon as the requests already read
+            are queued. Default: 1000.
         max_queue (int): requests that may wait; more are refused (:class:`QueueFull`).
             Default: 1024.
         on_batch (Optional[BatchHook]): called with (kind, scores, requests) per group
@@ -113,9 +109,8 @@ class MicroBatcher:
         self._pending: Deque[_Item] = deque()
         self._rows = 0
         self._timer: Optional[asyncio.Handle] = None
-        # requests expected per batch: the last batch plus those that came while it was
-        # scored; None until a first batch was scored (the first one waits ``wait_us``)
-        self._expected: Optional[int] = None
+        self._last_arrival: Optional[float] = None
+        self._gap_s: Optional[float] = None  # moving average of the gaps between arrivals
 
     def queued(self) -> int:
         """Requests waiting for a batch."""
@@ -131,21 +126,23 @@ class MicroBatcher:
             raise QueueFull(f"{self._max_queue} requests already wait")
         loop = asyncio.get_running_loop()
         item = _Item(request, loop.create_future(), time.perf_counter())
+        quiet = self._arrived(item.enqueued) and not self._pending
         self._pending.append(item)
         self._rows += len(request.rows)
-        if self._full():
+        if self._rows >= self._max_rows or self._wait_s == 0 or quiet:
             self._schedule(loop, 0.0)
         elif self._timer is None:
             self._schedule(loop, self._wait_s)
         return await item.future
 
-    def _full(self) -> bool:
-        """Whether the pending requests are to be scored without waiting longer."""
-        return (
-            self._rows >= self._max_rows
-            or self._wait_s == 0
-            or (self._expected is not None and len(self._pending) >= self._expected)
-        )
+    def _arrived(self, now: float) -> bool:
+        """Record an arrival; whether requests have been coming further apart than the
+        wait (then a new batch is scored at once: no other request is likely to join)."""
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else 0.9 * self._gap_s + 0.1 * gap
+        self._last_arrival = now
+        return self._gap_s is None or self._gap_s > self._wait_s
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
         if self._timer is not None:
@@ -160,9 +157,8 @@ class MicroBatcher:
     def flush(self) -> None:
         """Score the next batch of pending requests (up to ``max_batch_rows`` rows) now.
 
-        Requests still pending afterwards are scored by the next call: at once when they
-        fill a batch, else once the expected requests came or the oldest waited ``wait_us``.
-        In between, the loop sends this batch's answers and reads new requests.
+        More pending requests are scored by the next call, scheduled at once: in between,
+        the loop sends this batch's answers and reads new requests.
         """
         if self._timer is not None:
             self._timer.cancel()
@@ -179,16 +175,10 @@ class MicroBatcher:
             if not item.future.done():  # done: cancelled, the client went away
                 batch.append(item)
                 rows += n
+        if self._pending:
+            self._timer = asyncio.get_running_loop().call_soon(self.flush)
         if batch:
             self._score(batch)
-            self._expected = min(len(batch) + len(self._pending), self._max_queue)
-        if self._pending:
-            loop = asyncio.get_running_loop()
-            if self._full():
-                self._timer = loop.call_soon(self.flush)
-            else:
-                waited = time.perf_counter() - self._pending[0].enqueued
-                self._timer = loop.call_later(max(0.0, self._wait_s - waited), self.flush)
 
     def drain(self) -> None:
         """Score every pending request (at shutdown)."""
