@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from torchrec_ple.data.synthetic import sigmoid
+
 SCHEMA = pa.schema(
     [
         ("event_id", pa.int64()),
@@ -95,10 +97,6 @@ def _zipf_ids(rng: np.random.Generator, n: int, cardinality: int, a: float) -> n
     return (ranks * mult) % cardinality
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def clicklog_chunk(
     rng: np.random.Generator,
     n: int,
@@ -147,9 +145,9 @@ def clicklog_chunk(
         + 0.5 * np.sin(2 * np.pi * hour / 24.0)
         - 0.3 * log_price
     )
-    click = (rng.random(n) < _sigmoid(click_logit)).astype(np.int64)
+    click = (rng.random(n) < sigmoid(click_logit)).astype(np.int64)
     buy_logit = -1.0 + 0.8 * id_bias(user, _USER_CVR) + 0.5 * i_ctr - 0.6 * log_price
-    buy = (rng.random(n) < _sigmoid(buy_logit)).astype(np.int64)
+    buy = (rng.random(n) < sigmoid(buy_logit)).astype(np.int64)
     watch = np.exp(0.5 * id_bias(item, _ITEM_WATCH) + 0.2 * u_ctr + 0.3 * rng.standard_normal(n))
 
     return pa.table(

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from torchrec_ple.spec.errors import DataError
+from torchrec_ple.spec.errors import DataError, first_line
 from torchrec_ple.spec.schema import FileSpec, Spec
 
 
@@ -73,7 +73,7 @@ def _parquet_dataset(fs: FileSpec) -> Any:
         return ds.dataset(str(fs.path), format="parquet")
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(
-            file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+            file=str(fs.path), expected="readable Parquet data", found=first_line(e)
         ) from None
 
 
@@ -83,13 +83,8 @@ def _parquet_file(fs: FileSpec) -> pq.ParquetFile:
         return pq.ParquetFile(str(fs.path))
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(
-            file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+            file=str(fs.path), expected="readable Parquet data", found=first_line(e)
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_parquet_files(dataset: Any, fs: FileSpec, wanted: Sequence[str]) -> None:
@@ -100,7 +95,7 @@ def _check_parquet_files(dataset: Any, fs: FileSpec, wanted: Sequence[str]) -> N
             names = frag.physical_schema.names
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(
-                file=frag.path, expected="a readable Parquet file", found=_first_line(e)
+                file=frag.path, expected="a readable Parquet file", found=first_line(e)
             ) from None
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -219,7 +214,7 @@ def _read_csv_file(path: Path, fs: FileSpec, nrows: Optional[int] = None) -> pa.
         raise DataError(
             file=str(path),
             expected="a readable CSV file",
-            found=f"{type(e).__name__}: {_first_line(e)}",
+            found=f"{type(e).__name__}: {first_line(e)}",
             hint="the compressed file is truncated or damaged" if _compressed(path) else None,
         ) from None
     return frame_to_table(frame, str(path))
@@ -316,9 +311,9 @@ def frame_to_table(frame: Any, file: str) -> pa.Table:
                     hint="hash such ids to 63 bits, or prefix them with a letter to read them as text",
                 ) from None
             raise DataError(
-                file=file, column=str(col), expected="one type per column", found=_first_line(e)
+                file=file, column=str(col), expected="one type per column", found=first_line(e)
             ) from None
-    raise DataError(file=file, expected="columns Arrow can hold", found=_first_line(error))
+    raise DataError(file=file, expected="columns Arrow can hold", found=first_line(error))
 
 
 def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Table:
@@ -345,7 +340,7 @@ def read_table(fs: FileSpec, columns: Optional[Sequence[str]] = None) -> pa.Tabl
                 table = _parquet_file(fs).read(columns=wanted)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(
-                file=str(fs.path), expected="readable Parquet data", found=_first_line(e)
+                file=str(fs.path), expected="readable Parquet data", found=first_line(e)
             ) from None
     else:
         table = _read_csv(fs)

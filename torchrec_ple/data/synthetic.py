@@ -34,7 +34,8 @@ def _zipf_ids(rng: np.random.Generator, n: int, cardinality: int, a: float = 1.1
     return np.minimum(ids, cardinality - 1).astype(np.int64)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise (labels of the synthetic sources)."""
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -91,9 +92,9 @@ def generate(spec: SyntheticSpec) -> Tuple[pa.Table, pa.Table]:
     click_logit = (
         1.2 * std(y1) + 0.8 * user_bias[user] + 0.8 * item_bias[item] + 0.6 * hist_mean - 1.0
     )
-    click = (rng.random(n) < _sigmoid(click_logit)).astype(np.int64)
+    click = (rng.random(n) < sigmoid(click_logit)).astype(np.int64)
     buy_logit = 1.2 * std(y2) + 0.8 * user_buy_bias[user] + 0.4 * item_bias[item] - 0.5
-    buy = (rng.random(n) < _sigmoid(buy_logit)).astype(np.float64)
+    buy = (rng.random(n) < sigmoid(buy_logit)).astype(np.float64)
     buy_arr = pa.array(buy, mask=click == 0)  # undefined (null) off the sample space
 
     columns = {f"x{i}": pa.array(x[:, i]) for i in range(d)}

@@ -43,14 +43,13 @@ from torchrec_ple.serving.model_folder import (
     TRANSFORMS_FILE,
     ExportedModel,
     PathLike,
-    _first_line,
     _quiet_fx_notice,
     check_no_pickle,
     is_model_dir,
     load_exported,
     program_on,
 )
-from torchrec_ple.spec.errors import DataError
+from torchrec_ple.spec.errors import DataError, first_line
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import DropMessages
 from torchrec_ple.train.run_dir import RunDir, check_out_folder, describe_checkpoint
@@ -344,14 +343,14 @@ def _write_model_folder(
         torch.export.save(program, str(folder / PROGRAM_FILE))
         kind, file = "torch.export", PROGRAM_FILE
     except Exception as e:  # any export failure falls back to TorchScript
-        fallback_reason = f"{type(e).__name__}: {_first_line(e)}"
+        fallback_reason = f"{type(e).__name__}: {first_line(e, limit=300)}"
         logger.warning("torch.export failed (%s); saving TorchScript instead", fallback_reason)
         try:
             module = torch.jit.script(serving)
         except Exception as script_error:
             raise RuntimeError(
                 f"cannot export the model: torch.export failed ({fallback_reason}) and "
-                f"torch.jit.script failed ({_first_line(script_error)})"
+                f"torch.jit.script failed ({first_line(script_error, limit=300)})"
             ) from script_error
         torch.jit.save(module, str(folder / SCRIPT_FILE))
         kind, file = "torchscript", SCRIPT_FILE

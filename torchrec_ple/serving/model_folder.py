@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from torchrec_ple.data.transforms import FeatureTransforms
-from torchrec_ple.spec.errors import DataError
+from torchrec_ple.spec.errors import DataError, first_line
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.distributed import DropMessages
 from torchrec_ple.train.run_spec import load_saved_spec
@@ -122,7 +122,7 @@ def check_no_pickle(program_path: PathLike) -> None:
                         raise DataError(
                             file=str(path),
                             expected="sample inputs loadable with weights_only=True",
-                            found=_first_line(e),
+                            found=first_line(e, limit=300),
                         ) from None
     except zipfile.BadZipFile as e:
         raise DataError(
@@ -188,8 +188,3 @@ def load_exported(model_dir: PathLike, device: Union[str, torch.device] = "cpu")
 def is_model_dir(path: PathLike) -> bool:
     """True for a model folder of :func:`export_model` (it has a manifest)."""
     return (Path(path) / MANIFEST_FILE).is_file()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
