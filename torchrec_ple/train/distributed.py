@@ -91,7 +91,7 @@ def quiet_known_warnings() -> None:
     # torch::autograd::Function (DenseEmbeddingCodegen...) registered at the CPU key, not
     # the Autograd key: torch's fallback then warns of "silently incorrect behavior"
     # although the gradient comes from that Function. Its gradients equal
-    # nn.EmbeddingBag's (tests/test_bad_input_catalogue.py pins it); fbgemm registers the
+    # nn.EmbeddingBag's (tests/test_notices_and_launcher.py pins it); fbgemm registers the
     # Autograd key from pytorch/FBGEMM#5886 on. Only this op's notice is dropped.
     warnings.filterwarnings(
         "ignore",
