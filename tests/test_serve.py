@@ -40,6 +40,7 @@ from tests.serve_helpers import (  # noqa: E402
 )
 from torchrec_ple.serving.batcher import MicroBatcher  # noqa: E402
 from torchrec_ple.serving.online import BatchScores  # noqa: E402
+from torchrec_ple.serving.prometheus import ServeMetrics  # noqa: E402
 from torchrec_ple.serving.score_request import ScoreRequest  # noqa: E402
 from torchrec_ple.serving.server import ServeSettings  # noqa: E402
 
@@ -328,3 +329,24 @@ def test_batcher_batches_concurrent_clients_and_scores_a_lone_one_at_once() -> N
     (lone,) = _closed_loop(batcher, clients=1, rounds=10)
     assert model.batches == [1] * 10
     assert max(lone[-5:]) < 0.001, lone
+
+
+def test_metrics_of_two_servers_stay_apart_under_feasts_multiprocess_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # importing Feast sets PROMETHEUS_MULTIPROC_DIR: prometheus_client then keeps values in
+    # files shared by every metric of one name in the process (as in a full test run)
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    a, b = ServeMetrics(lambda: 0), ServeMetrics(lambda: 0)
+    a.request("/score", 422, 0.001)
+    b.request("/score", 422, 0.001)  # b's own count: 1, not 1 + a's
+    a.serving("v1")
+    a.reload(True, "v1", "v2")
+    text_a, text_b = (m.render()[0].decode() for m in (a, b))
+    errors = dict(name="torchrec_ple_request_errors_total", endpoint="/score", status="422")
+    assert _metric(text_a, **errors) == 1 and _metric(text_b, **errors) == 1
+    assert _metric(text_a, "torchrec_ple_model_info", version="v2") == 1
+    assert "v1" not in text_a  # the reloaded model's old version is gone

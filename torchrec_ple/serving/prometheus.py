@@ -1,7 +1,11 @@
 """``GET /metrics`` of ``torchrec-ple serve``: Prometheus counters and histograms.
 
-One registry per server (not the process-wide default), so several servers in one
-process (tests) count apart. Names start with ``torchrec_ple_``:
+One registry per server (not the process-wide default), with in-process values, so
+several servers in one process (tests) count apart. Feast's import sets
+``PROMETHEUS_MULTIPROC_DIR``, which switches prometheus_client to values in per-process
+files shared by every metric of one name and labels in the process: two servers (or a
+reloaded model's old and new ``model_info``) would then add up; ours are created as plain
+in-process values whatever that variable says. Names start with ``torchrec_ple_``:
 
 * ``requests_total{endpoint,status}``, ``request_errors_total{endpoint,status}`` (4xx, 5xx),
   ``request_seconds{endpoint}`` (latency histogram, as the server measures it);
@@ -17,7 +21,9 @@ process (tests) count apart. Names start with ``torchrec_ple_``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import contextlib
+import warnings
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 from torchrec_ple.serving.online import BatchScores
 
@@ -48,6 +54,19 @@ REPORT_REASONS = {
 }
 
 
+@contextlib.contextmanager
+def _in_process_values() -> Iterator[None]:
+    """Metrics (and labelled children) created inside hold plain in-process values."""
+    from prometheus_client import values
+
+    saved = values.ValueClass
+    values.ValueClass = values.MutexValue
+    try:
+        yield
+    finally:
+        values.ValueClass = saved
+
+
 class ServeMetrics:
     """The server's Prometheus metrics.
 
@@ -62,6 +81,11 @@ class ServeMetrics:
     """
 
     def __init__(self, queued: Callable[[], int]) -> None:
+        with _in_process_values():
+            self._create(queued)
+        self._children: Dict[Tuple[str, ...], Any] = {}
+
+    def _create(self, queued: Callable[[], int]) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         r = CollectorRegistry()
@@ -113,13 +137,13 @@ class ServeMetrics:
         self._info = Gauge(p + "model_info", "The served model (1)", ["version"], registry=r)
         gauge = Gauge(p + "queued_requests", "Requests waiting for a batch", registry=r)
         gauge.set_function(lambda: float(queued()))
-        self._children: Dict[Tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (str(id(metric)),) + labels
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            with _in_process_values():
+                child = self._children[key] = metric.labels(*labels)
         return child
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -154,18 +178,23 @@ class ServeMetrics:
                     self._child(self._filled, feature, reason).inc(n)
 
     def reload(self, ok: bool, old: str, new: str) -> None:
-        self._reloads.labels("ok" if ok else "failed").inc()
+        self._child(self._reloads, "ok" if ok else "failed").inc()
         if ok:
             self.serving(new, old)
 
     def serving(self, version: str, previous: str = "") -> None:
         """Mark ``version`` as the served model."""
         if previous and previous != version:
-            try:
-                self._info.remove(previous)
-            except KeyError:
-                pass
-        self._info.labels(version).set(1)
+            self._children.pop((str(id(self._info)), previous), None)
+            with warnings.catch_warnings():
+                # prometheus_client warns under PROMETHEUS_MULTIPROC_DIR; our values are
+                # in-process (see _in_process_values), where removing a label works
+                warnings.filterwarnings("ignore", "Removal of labels", UserWarning)
+                try:
+                    self._info.remove(previous)
+                except KeyError:
+                    pass
+        self._child(self._info, version).set(1)
 
     def render(self) -> Tuple[bytes, str]:
         """(body, content type) of ``GET /metrics``."""
