@@ -87,6 +87,22 @@ def _user_rows(rng: np.random.Generator) -> pa.Table:
     )
 
 
+def write_repo_yaml(root: Path) -> None:
+    """``root/feature_store.yaml`` as a user has it on disk beside the applied registry."""
+    (root / "feature_store.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "project": "tests",
+                "provider": "local",
+                "registry": str(root / "registry.db"),
+                "offline_store": {"type": "duckdb"},
+                "online_store": {"type": "sqlite", "path": str(root / "online.db")},
+                "entity_key_serialization_version": 3,
+            }
+        )
+    )
+
+
 def apply_user_repo(root: Path, tags: bool = True) -> FeatureStore:
     """The users feature repo in ``root`` (users 1..NUM_USERS, seed 0), applied: one entity,
     the ``user_features`` view and the ``user_service`` service; with ``tags``, the
@@ -292,18 +308,7 @@ def test_spec_with_feast_source_takes_tags_and_trains(repo, tmp_path: Path) -> N
     entity.to_parquet(tmp_path / "entities.parquet")
     root = repo["root"]
     # The repo as a user has it on disk: a feature_store.yaml beside the registry.
-    (root / "feature_store.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "project": "tests",
-                "provider": "local",
-                "registry": str(root / "registry.db"),
-                "offline_store": {"type": "duckdb"},
-                "online_store": {"type": "sqlite", "path": str(root / "online.db")},
-                "entity_key_serialization_version": 3,
-            }
-        )
-    )
+    write_repo_yaml(root)
     raw = _raw_spec("unused.parquet")
     raw["data"] = {
         "source": "feast",

@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -146,23 +145,12 @@ def test_bad_requests(models) -> None:
 def feast_repo(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """tests/test_feast.py's repo (users 1..60), materialized for the TTL before END."""
     pytest.importorskip("feast")
-    from tests.test_feast import END, TTL, apply_user_repo
+    from tests.test_feast import END, TTL, apply_user_repo, write_repo_yaml
 
     root = tmp_path_factory.mktemp("serve_feast")
     store = apply_user_repo(root, tags=False)
     store.materialize(END - TTL, END)
-    (root / "feature_store.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "project": "tests",
-                "provider": "local",
-                "registry": str(root / "registry.db"),
-                "offline_store": {"type": "duckdb"},
-                "online_store": {"type": "sqlite", "path": str(root / "online.db")},
-                "entity_key_serialization_version": 3,
-            }
-        )
-    )
+    write_repo_yaml(root)
     return {"root": root, "store": store, "end": END}
 
 
