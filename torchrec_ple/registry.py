@@ -24,7 +24,18 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-from typing import Callable, Dict, Generic, Iterator, List, Optional, Sequence, TypeVar
+import pkgutil
+from typing import (
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    TypeVar,
+)
 
 T = TypeVar("T")
 
@@ -122,6 +133,26 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown {self.what} {name!r}{hint}; expected one of {', '.join(names)}"
+
+
+def import_package(package: str, path: Iterable[str]) -> List[str]:
+    """Import every module of a package, so each built-in entry in it registers itself.
+
+    A built-ins module calls this after importing its listed entries (whose order is the
+    order of the names in messages): a new file dropped into the package is then found
+    and registered with no other edit, after the listed ones.
+
+    Args:
+        package (str): the package's name (``__name__`` of its ``__init__``).
+        path (Iterable[str]): its ``__path__``.
+
+    Returns:
+        List[str]: the modules' names, sorted.
+    """
+    names = sorted(m.name for m in pkgutil.iter_modules(list(path)))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 #: Multi-task heads (``model.architecture``); see :mod:`torchrec_ple.modules.heads`.

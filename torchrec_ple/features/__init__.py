@@ -4,7 +4,8 @@
 This module is the registry's ``builtins``: importing it registers ``categorical``,
 ``sequence`` and ``numeric``. A new kind is one module with a
 :class:`~torchrec_ple.features.base.FeatureKind` subclass decorated with
-``@FEATURE_KINDS.register("<type>")``, imported before the spec is loaded.
+``@FEATURE_KINDS.register("<type>")``, imported before the spec is loaded; a file added to
+this package is imported here (after the built-ins), so it needs no other edit.
 
 Layering: this package sits between :mod:`torchrec_ple.spec` (whose dataclasses it reads)
 and :mod:`torchrec_ple.data` (whose transforms ask each feature's kind).
@@ -27,6 +28,9 @@ from torchrec_ple.features.sequence import SequenceFeature
 from torchrec_ple.features.numeric import NumericFeature, NumericFit
 
 # isort: on
+from torchrec_ple.registry import import_package  # noqa: E402
+
+import_package(__name__, __path__)
 
 __all__ = [
     "CategoricalFeature",

@@ -8,17 +8,20 @@ weighting is one :class:`LossWeighting` subclass in one file, registered under i
     @LOSS_WEIGHTINGS.register("equal")
     class Equal(LossWeighting): ...
 
-and named by the spec (``train.loss_weighting: equal``).
+and named by the spec (``train.loss_weighting: equal``). A file added to this package is
+imported here (after the built-ins), so it needs no other edit.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torchrec_ple.registry import LOSS_WEIGHTINGS
+from torchrec_ple.registry import LOSS_WEIGHTINGS, import_package
 from torchrec_ple.train.weightings.base import LossWeighting
 from torchrec_ple.train.weightings.fixed import ExponentialLossWeights, FixedWeighting
 from torchrec_ple.train.weightings.uncertainty import UncertaintyWeighting
+
+import_package(__name__, __path__)
 
 if TYPE_CHECKING:
     from torchrec_ple.spec.schema import Spec
