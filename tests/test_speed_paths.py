@@ -376,3 +376,37 @@ def test_one_process_fit_plans_auto_tables_table_wise(tmp_path) -> None:
         for name, ps in module_plan.items()  # type: ignore[union-attr]
     }
     assert kinds and set(kinds.values()) == {"table_wise"}, kinds
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [(["--help"], 0), (["validate", "feature_specs/synthetic.yaml"], 0), (["fit"], 2)],
+)
+def test_the_command_exits_without_teardown_but_keeps_what_an_exit_does(
+    tmp_path: Path, argv: List[str], code: int
+) -> None:
+    # `torchrec-ple` skips the interpreter's teardown (~0.5 s a command); the exit code, the
+    # output, atexit handlers and non-daemon threads still behave as in a normal exit
+    script = (
+        "import atexit, sys, threading, time\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))\n"
+        "def late():\n"
+        "    time.sleep(0.2)\n"
+        f"    open({str(tmp_path / 'thread')!r}, 'w').write('joined')\n"
+        "threading.Thread(target=late).start()\n"
+        "from torchrec_ple.cli import run\n"
+        f"sys.argv = ['torchrec-ple', *{argv!r}]\n"
+        "run()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == code, out.stderr[-2000:]
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "joined"
+    if argv == ["--help"]:
+        assert out.stdout.startswith("usage: torchrec-ple")
+    if argv[0] == "validate":
+        assert "memory:" in out.stdout
+    if code == 2:
+        assert "the following arguments are required" in out.stderr

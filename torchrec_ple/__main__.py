@@ -1,4 +1,4 @@
-from torchrec_ple.cli import main
+from torchrec_ple.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

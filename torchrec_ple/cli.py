@@ -449,6 +449,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _shutdown()
 
 
+def run() -> None:
+    """The ``torchrec-ple`` command (and ``python -m torchrec_ple``): :func:`main`, then exit.
+
+    The exit does what a normal one does that matters: non-daemon threads are joined, the
+    ``atexit`` handlers run (logging, multiprocessing's children, weakref finalizers, the
+    libraries' own), stdout and stderr are flushed; it skips the interpreter's teardown of
+    every module, which frees torch's and TorchRec's objects one by one for about 0.5 s per
+    command and writes nothing (measured: 0.52 s of a census ``fit``'s 7.9 s, 0.45 s after
+    only importing torch and TorchRec). An exception :func:`main` does not handle exits the
+    normal way, with its traceback. Calling :func:`main` in-process is unaffected.
+    """
+    try:
+        code: object = main()
+    except SystemExit as e:  # argparse: --help, usage errors
+        code = e.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # the handlers a normal exit runs (no public call does this)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream
+            pass
+    os._exit(code)
+
+
 def _is_allocation_failure(e: RuntimeError) -> bool:
     # torch's CPU allocator raises a plain RuntimeError; CUDA's is torch.OutOfMemoryError
     text = str(e)
