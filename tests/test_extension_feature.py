@@ -27,7 +27,7 @@ from torchrec_ple.features.fit_state import VocabCounter
 from torchrec_ple.registry import FEATURE_KINDS
 from torchrec_ple.spec import SpecError, parse_spec
 from torchrec_ple.spec.check_base import Checks
-from torchrec_ple.spec.errors import format_value
+from torchrec_ple.spec.errors import DataError, format_value
 from torchrec_ple.spec.keys import KeyPath
 from torchrec_ple.spec.schema import FeatureSpec
 from torchrec_ple.train.trainer import fit
@@ -160,6 +160,31 @@ def test_toy_kinds_fit_and_encode(toy_kinds, spec_path: Path) -> None:
         ("member", 3),
         ("city", 4),
     ]
+
+
+class OffByOneFlag(Flag):
+    """A buggy kind: yes maps to row 3 of a 3-row table."""
+
+    @classmethod
+    def encode(cls, f: FeatureSpec, table: pa.Table, fitted: Any) -> EncodedFeature:
+        out = super().encode(f, table, fitted)
+        assert out.ids is not None
+        out.ids = np.where(out.ids == 2, 3, out.ids)
+        return out
+
+
+def test_a_kind_whose_ids_leave_the_table_is_stopped_in_one_line(spec_path: Path) -> None:
+    # fbgemm's per-step bounds check is off: encode is where an id outside the table stops
+    with (
+        FEATURE_KINDS.registered("flag", OffByOneFlag),
+        FEATURE_KINDS.registered("frequency", Frequency),
+    ):
+        spec = parse_spec(spec_path.read_text(), spec_path)
+        with pytest.raises(DataError) as err:
+            fit_and_encode(spec, _table(8, 0), _table(0, 0))
+    assert str(err.value).splitlines() == [str(err.value)]
+    assert "'member'" in str(err.value) and "ids in [0, 3)" in str(err.value)
+    assert "found ids from 0 to 3" in str(err.value) and "kind 'flag'" in str(err.value)
 
 
 def test_toy_kind_state_saves_and_loads(toy_kinds, spec_path: Path, tmp_path: Path) -> None:

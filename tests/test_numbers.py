@@ -193,7 +193,8 @@ def test_gate_summary_ignores_rows_outside_every_sample_space() -> None:
     whole = gate_summary(spec, state, valid)
     assert first and first.keys() == padded.keys()
     for key in first:
-        assert padded[key]["mean"] == pytest.approx(first[key]["mean"], abs=1e-12)
+        # the same rows in a batch of another size: float32 gates may differ in the last bit
+        assert padded[key]["mean"] == pytest.approx(first[key]["mean"], abs=1e-7)
         assert sum(first[key]["mean"]) == pytest.approx(1.0)
     assert any(whole[k]["mean"] != pytest.approx(first[k]["mean"], abs=1e-9) for k in first)
 

@@ -237,6 +237,42 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     assert done["train"]["steps"] == 36
 
 
+def test_a_kill_while_pruning_leaves_nothing_that_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruning renames a checkpoint to ``step_N.old`` before deleting it: a kill during the
+    delete (seen in tests/test_faults.py) leaves a leftover the next prune removes, never a
+    half-deleted ``step_N`` that no later prune would look at."""
+    import shutil
+
+    import torch
+
+    from torchrec_ple.train import checkpoint
+    from torchrec_ple.train.checkpoint import prune_checkpoints, save_checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(3, 2)
+    for step in (3, 6, 9):
+        save_checkpoint(root / f"step_{step:09d}", model, None, {"step": step})
+
+    def killed_midway(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        (Path(path) / "trainer.json").unlink()  # part of the folder went, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(root, keep=2)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", shutil.rmtree)
+    assert sorted(p.name for p in root.iterdir()) == [
+        "step_000000003.old",
+        "step_000000006",
+        "step_000000009",
+    ]
+    save_checkpoint(root / "step_000000012", model, None, {"step": 12})
+    prune_checkpoints(root, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_000000009", "step_000000012"]
+
+
 def test_leftovers_of_a_crashed_save_are_ignored_and_cleaned(tmp_path: Path) -> None:
     """A kill inside save_checkpoint can leave ``step_N.tmp`` (before the rename) or
     ``step_N.old`` (while replacing step N): neither is ever resumed from, a later save of

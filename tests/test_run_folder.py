@@ -147,9 +147,10 @@ def test_overwrite_deletes_nothing_until_the_data_is_read(
     def unreadable(spec):  # type: ignore[no-untyped-def]
         raise DataError(file="typo/train.parquet", expected="an existing file", found="nothing")
 
-    from torchrec_ple.data import pipeline
+    from torchrec_ple.data import pipeline, sources
 
     monkeypatch.setattr(pipeline, "load_tables", unreadable)
+    monkeypatch.setattr(sources, "load_tables", unreadable)  # the CLI's prefetch thread's
     assert main(_fit_args(run_copy, "--overwrite")) == 2
     assert "typo/train.parquet" in _one_error_line(capsys)
     assert _snapshot(run_copy) == before  # the earlier run is whole

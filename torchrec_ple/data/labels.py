@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.arrow_numpy import to_numpy
 from torchrec_ple.features.columns import as_numeric, column, finite32, normalize_ids
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import TaskSpec
@@ -29,21 +30,19 @@ def encode_label(table: pa.Table, t: TaskSpec) -> Tuple[np.ndarray, np.ndarray, 
         DataError: a binary label other than 0/1 with ``on_invalid: error``.
     """
     arr = column(table, t.label)
-    present = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    present = np.asarray(to_numpy(arr.is_valid()), dtype=bool)
     invalid = np.zeros(len(arr), dtype=bool)
     if t.type == "binary" and t.positive is not None:
         keys = normalize_ids(arr)
         # a NaN label in a float column is missing, not a negative
-        present &= np.asarray(keys.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        present &= np.asarray(to_numpy(keys.is_valid()), dtype=bool)
         pos = [p for p in t.positive]
         value_set = (
             pa.array([str(p) for p in pos])
             if pa.types.is_string(keys.type)
             else pa.array(pos).cast(keys.type)
         )
-        y = np.asarray(
-            pc.is_in(keys, value_set=value_set).to_numpy(zero_copy_only=False), dtype=np.float64
-        )
+        y = np.asarray(to_numpy(pc.is_in(keys, value_set=value_set)), dtype=np.float64)
     else:
         y = as_numeric(arr, t.label)
         present &= finite32(y)  # a label beyond float32 is inf in the loss: missing
@@ -93,4 +92,4 @@ def in_sample_space(table: pa.Table, t: TaskSpec) -> np.ndarray:
             mask = pc.is_in(arr.cast(pa.float64()), value_set=value_set)
         else:
             mask = pc.is_in(arr.cast(pa.string()), value_set=pa.array([str(v) for v in wanted]))
-    return np.asarray(mask.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    return np.asarray(to_numpy(mask.fill_null(False)), dtype=bool)

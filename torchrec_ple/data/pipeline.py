@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from torchrec_ple.data.batch import BatchLoader, MultiTaskBatch
 from torchrec_ple.data.fitting import fit_transforms
+from torchrec_ple.data.prefetch import DataPrefetch
 from torchrec_ple.data.readers import make_reader
 from torchrec_ple.data.readers.base import Reader
 from torchrec_ple.data.sources import load_tables, spec_columns
@@ -229,6 +230,7 @@ def open_splits(
     world_size: int = 1,
     on_fitted: Optional[Callable[[FeatureTransforms], None]] = None,
     barrier: Optional[Callable[[], None]] = None,
+    prefetched: Optional[DataPrefetch] = None,
 ) -> Tuple[FeatureTransforms, DataSplit, Optional[DataSplit]]:
     """The transforms and this rank's training and validation splits of a spec.
 
@@ -248,6 +250,9 @@ def open_splits(
         on_fitted (Optional[Callable[[FeatureTransforms], None]]): rank 0's hook once
             fitted and checked, before the transforms are written.
         barrier (Optional[Callable[[], None]]): waits for every rank (streamed fit).
+        prefetched (Optional[DataPrefetch]): the same data already being read, fitted and
+            encoded on a thread (:mod:`~torchrec_ple.data.prefetch`): taken instead of
+            doing that work here when ``fit``, else dropped. Default: None.
 
     Returns:
         Tuple[FeatureTransforms, DataSplit, Optional[DataSplit]]: the transforms, the
@@ -267,13 +272,18 @@ def open_splits(
         train = _streamed(spec, transforms, "train", rank, world_size)
         assert train is not None
         return transforms, train, _streamed(spec, transforms, "validation", rank, world_size)
-    train_table, valid_table = load_tables(spec)
-    saved = None
-    if not fit:
-        assert transforms_path is not None, "no transforms to load"
-        saved = FeatureTransforms.load(spec, transforms_path)
-    transforms, enc_train, enc_valid = fit_and_encode(spec, train_table, valid_table, saved)
-    del train_table, valid_table
+    if prefetched is not None and fit:
+        transforms, enc_train, enc_valid = prefetched.result(spec)
+    else:
+        if prefetched is not None:
+            prefetched.discard()
+        train_table, valid_table = load_tables(spec)
+        saved = None
+        if not fit:
+            assert transforms_path is not None, "no transforms to load"
+            saved = FeatureTransforms.load(spec, transforms_path)
+        transforms, enc_train, enc_valid = fit_and_encode(spec, train_table, valid_table, saved)
+        del train_table, valid_table
     if fit and rank == 0:
         _fitted(transforms, transforms_path, on_fitted)
     valid = None

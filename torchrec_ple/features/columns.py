@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.arrow_numpy import to_numpy
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.spec.schema import FeatureSpec
 
@@ -52,7 +53,7 @@ def as_numeric(arr: pa.Array, where: str) -> np.ndarray:
             raise DataError(
                 column=where, expected="numbers", found=f"{arr.type} values such as {bad!r}"
             ) from None
-    return arr.to_numpy(zero_copy_only=False).astype(np.float64)
+    return to_numpy(arr).astype(np.float64)
 
 
 def finite32(x: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def normalize_ids(arr: pa.Array) -> pa.Array:
         return arr.cast(pa.int64())
     if pa.types.is_floating(arr.type):
         arr = _non_finite_as_null(arr)
-        np_arr = arr.to_numpy(zero_copy_only=False)
+        np_arr = to_numpy(arr)
         finite = np_arr[~np.isnan(np_arr)]
         # Integer ids read with missing values become floats in pandas/CSV: undo that.
         if np.all(finite == np.round(finite)):
@@ -110,11 +111,11 @@ def normalize_ids(arr: pa.Array) -> pa.Array:
 def hash_ids(values: pa.Array, buckets: int) -> np.ndarray:
     """Ids ``1 + hash(value) % buckets``; 0 where a value is missing (int64 (N,))."""
     keys = normalize_ids(values)
-    valid = np.asarray(keys.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    valid = np.asarray(to_numpy(keys.is_valid()), dtype=bool)
     fill = (
         pa.scalar(0, pa.int64()) if pa.types.is_integer(keys.type) else pa.scalar("", pa.string())
     )
-    np_vals = keys.fill_null(fill).to_numpy(zero_copy_only=False)
+    np_vals = to_numpy(keys.fill_null(fill))
     out = np.zeros(len(np_vals), dtype=np.int64)
     if valid.any():
         # pandas' hash_array is vectorized and seeded with a fixed key: stable across runs.

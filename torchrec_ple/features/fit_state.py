@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.arrow_numpy import to_numpy
 from torchrec_ple.features.columns import finite32
 
 
@@ -61,8 +62,8 @@ class VocabCounter:
     def counts(self) -> Tuple[np.ndarray, np.ndarray]:
         """(values, counts) numpy arrays, in no particular order."""
         assert self._counts is not None
-        vals = self._counts.column("v").to_numpy()
-        return vals, self._counts.column("c").to_numpy()
+        vals = to_numpy(self._counts.column("v"))
+        return vals, to_numpy(self._counts.column("c"))
 
 
 class Moments:

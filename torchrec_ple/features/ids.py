@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.arrow_numpy import array_of, to_numpy
 from torchrec_ple.features.base import EncodedFeature, FeatureKind, FitKey, FitOptions, Fitter
 from torchrec_ple.features.columns import (
     as_numeric,
@@ -190,12 +191,13 @@ def _vocab_ids(flat: pa.Array, vocab: Dict[str, Any]) -> Tuple[np.ndarray, np.nd
     keys = normalize_ids(flat)
     if keys.type != key_type:
         keys = keys.cast(pa.string())
-        value_set = pa.array([str(v) for v in vocab["values"]], pa.string())
+        value_set = array_of([str(v) for v in vocab["values"]], pa.string())
     else:
-        value_set = pa.array(vocab["values"], key_type)
-    idx = pc.index_in(keys, value_set=value_set).fill_null(-1)
-    ids = idx.to_numpy(zero_copy_only=False).astype(np.int64) + 1
-    missing = np.asarray(keys.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        value_set = array_of(vocab["values"], key_type)
+    # not in the vocabulary: null (NaN once numpy), row 0
+    idx = to_numpy(pc.index_in(keys, value_set=value_set))
+    ids = np.nan_to_num(idx, nan=-1).astype(np.int64) + 1
+    missing = np.asarray(to_numpy(keys.is_null()), dtype=bool)
     return ids, missing
 
 

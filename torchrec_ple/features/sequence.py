@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from torchrec_ple.arrow_numpy import to_numpy
 from torchrec_ple.features.columns import truncate
 from torchrec_ple.features.ids import IdKind
 from torchrec_ple.registry import FEATURE_KINDS
@@ -47,7 +48,7 @@ class SequenceFeature(IdKind):
         if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
             raise DataError(column=f.column, expected="a list column", found=str(arr.type))
         arr = arr.fill_null(pa.scalar([], type=arr.type))
-        offsets = arr.offsets.to_numpy().astype(np.int64)
+        offsets = to_numpy(arr.offsets).astype(np.int64)
         values = arr.flatten()
         if offsets[0] != 0:  # a sliced array: rebase offsets onto the flattened values
             offsets = offsets - offsets[0]

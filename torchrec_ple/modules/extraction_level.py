@@ -22,9 +22,12 @@ class _ExtractionLevel(nn.Module):
     order; a task gate's columns are its own experts then the shared ones, the shared gate's
     columns are all ``E`` experts in expert order.
 
-    The mixture of the whole level is one ``bmm``: the logits are scattered (by a fixed
-    index) into a dense ``(B, G, E)`` matrix whose unseen entries are ``-inf``, so one softmax
-    gives every gate its softmax over exactly the experts it may see and exact zeros elsewhere.
+    The mixture of the whole level is one ``bmm``: the logits are gathered (by a fixed
+    index) into a dense ``(E, G, B)`` tensor whose unseen entries are ``-inf``, so one softmax
+    over the experts gives every gate its softmax over exactly the experts it may see and
+    exact zeros elsewhere. Experts lead that layout because a softmax over a leading dim of
+    size ``E`` runs vectorized over the ``G * B`` columns (14x faster on CPU than over a last
+    dim of 2-4 entries).
     """
 
     def __init__(
@@ -70,11 +73,12 @@ class _ExtractionLevel(nn.Module):
         self._output_dim = expert_dims[-1]
 
         num_experts = self._num_experts
-        dense_index = torch.full((self._num_gates, num_experts), self._num_logits, dtype=torch.long)
+        # (E, G): the logit row of gate g's column for expert e, else the -inf row.
+        dense_index = torch.full((num_experts, self._num_gates), self._num_logits, dtype=torch.long)
         seen_index: List[int] = []
         for g in range(self._num_gates):
             for p, e in enumerate(self.gate_experts(g)):
-                dense_index[g, e] = self._gate_offsets[g] + p
+                dense_index[e, g] = self._gate_offsets[g] + p
                 seen_index.append(g * num_experts + e)
         self.register_buffer("_dense_index", dense_index.view(-1), persistent=False)
         self.register_buffer(
@@ -127,22 +131,26 @@ class _ExtractionLevel(nn.Module):
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
 
-    def _mix(self, first: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _mix(
+        self, first: torch.Tensor, logit_rows: List[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             first (torch.Tensor): activated first layer of every expert, ``(E, B, H1)``.
-            logits (torch.Tensor): every gate's logits, ``(B, num_logits)``.
+            logit_rows (List[torch.Tensor]): every gate's logits, transposed, in gate order:
+                pieces ``(n_i, B)`` whose rows add up to ``num_logits``.
 
         Returns:
             Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)`` and dense gate weights
-            ``(B, G, E)``.
+            ``(B, G, E)`` (a view of the ``(E, G, B)`` softmax).
         """
         experts = self._tail(first)  # (E, B, H)
-        padded = torch.cat([logits, torch.full_like(logits[:, :1], float("-inf"))], dim=1)
-        dense = padded.index_select(1, self._dense_index).view(
-            -1, self._num_gates, self._num_experts
+        rows = logit_rows[0]
+        padded = torch.cat(logit_rows + [torch.full_like(rows[:1], float("-inf"))], dim=0)
+        dense = padded.index_select(0, self._dense_index).view(
+            self._num_experts, self._num_gates, -1
         )
-        gates = torch.softmax(dense, dim=-1)
+        gates = torch.softmax(dense, dim=0).permute(2, 1, 0)  # (B, G, E)
         mix = torch.bmm(gates, experts.transpose(0, 1))
         return mix, gates
 
@@ -210,7 +218,7 @@ class _InputLevel(_ExtractionLevel):
         parts = fused.split([self._expert_width, self._num_logits], dim=1)
         first = self._dropout(self._activation(parts[0]))
         first = first.view(-1, self._num_experts, self._first_dim).transpose(0, 1)
-        return self._mix(first, parts[1])
+        return self._mix(first, [parts[1].t()])
 
 
 class _InnerLevel(_ExtractionLevel):
@@ -310,7 +318,8 @@ class _InnerLevel(_ExtractionLevel):
             # (K, B, m_t * H1) -> (K * m_t, B, H1), experts of task 0 first.
             task_first = task_first.reshape(k, -1, m_t, h1).permute(0, 2, 1, 3)
             firsts.append(task_first.reshape(k * m_t, -1, h1))
-        logits = [task_parts[1].transpose(0, 1).reshape(-1, k * (m_t + m_s))]
+        # (K, B, m_t + m_s) -> (K * (m_t + m_s), B): task 0's gate's logits first.
+        logits = [task_parts[1].transpose(1, 2).reshape(k * (m_t + m_s), -1)]
         shared_weight = self.shared_weight
         shared_bias = self.shared_bias
         if shared_weight is not None and shared_bias is not None:
@@ -320,5 +329,5 @@ class _InnerLevel(_ExtractionLevel):
                 shared_first = self._dropout(self._activation(shared_parts[0]))
                 firsts.append(shared_first.view(-1, m_s, h1).transpose(0, 1))
             if self._has_shared_gate:
-                logits.append(shared_parts[1])
-        return self._mix(torch.cat(firsts, dim=0), torch.cat(logits, dim=1))
+                logits.append(shared_parts[1].t())
+        return self._mix(torch.cat(firsts, dim=0), logits)

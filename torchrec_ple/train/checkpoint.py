@@ -413,7 +413,14 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     protected = best.get("checkpoint") if best else None
     for old in list_checkpoints(root)[:-keep]:
         if old.name != protected:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first (atomic): a kill during the delete leaves ``step_N.old``, which
+            # the next prune removes, never a half-deleted ``step_N`` that looks like a run's
+            gone = old.with_name(old.name + ".old")
+            try:
+                old.rename(gone)
+            except OSError:
+                continue
+            shutil.rmtree(gone, ignore_errors=True)
     for left in root.glob("step_*"):
         if left.is_dir() and left.suffix in (".tmp", ".old"):
             shutil.rmtree(left, ignore_errors=True)

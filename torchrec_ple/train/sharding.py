@@ -19,11 +19,14 @@ import torch
 import torch.distributed as dist
 import torchrec.optim as trec_optim
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
-from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.embeddingbag import (
+    EmbeddingBagCollectionSharder,
+    ShardedEmbeddingBagCollection,
+)
 from torchrec.distributed.model_parallel import (
     DataParallelWrapper,
     DefaultDataParallelWrapper,
@@ -39,7 +42,13 @@ from torchrec.distributed.planner.types import (
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import CacheParams, ShardingEnv, ShardingPlan, ShardingType
+from torchrec.distributed.types import (
+    CacheParams,
+    ParameterSharding,
+    ShardingEnv,
+    ShardingPlan,
+    ShardingType,
+)
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_ple.data.transforms import TableInfo
@@ -50,6 +59,7 @@ from torchrec_ple.train.device import (
     hbm_cap_bytes,
 )
 from torchrec_ple.train.distributed import DistContext
+from torchrec_ple.train.local_dist import keep_local
 
 _EMB_OPTIM = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -85,6 +95,20 @@ class PlannedEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
     def sharding_types(self, compute_device_type: str) -> List[str]:
         return list(_SHARDING.values()) + [ShardingType.TABLE_ROW_WISE.value]
 
+    def shard(
+        self,
+        module: EmbeddingBagCollection,
+        params: Dict[str, ParameterSharding],
+        env: ShardingEnv,
+        device: Optional[torch.device] = None,
+        module_fqn: Optional[str] = None,
+    ) -> ShardedEmbeddingBagCollection:
+        """TorchRec's sharded collection; with one rank, its table-wise shardings skip the
+        all-to-alls (:func:`~torchrec_ple.train.local_dist.keep_local`)."""
+        sharded = super().shard(module, params, env, device, module_fqn)
+        keep_local(sharded, env.world_size)
+        return sharded
+
 
 def fused_params(opt: OptimizerSpec, device_type: Optional[str] = None) -> Dict[str, object]:
     """fbgemm fused optimizer parameters for the embedding tables.
@@ -107,6 +131,7 @@ def fused_params(opt: OptimizerSpec, device_type: Optional[str] = None) -> Dict[
         "optimizer": _EMB_OPTIM[opt.type],
         "learning_rate": opt.lr,
         "eps": opt.eps,
+        "bounds_check_mode": BoundsCheckMode.NONE,
     }
     if opt.weight_decay:
         if opt.type in ("adagrad", "sgd"):
@@ -135,22 +160,23 @@ def optimizer_state_per_weight(opt_type: str, dim: int) -> float:
 
 
 def attach_embedding_optimizer(module: nn.Module, opt: OptimizerSpec) -> None:
-    """Attach the embedding optimizer to every EmbeddingBagCollection weight of ``module``
-    (TorchRec's ``apply_optimizer_in_backward``, without hooks: DMP replaces the weights).
+    """Attach the embedding optimizer to every EmbeddingBagCollection weight of ``module``,
+    as torch's ``_apply_optimizer_in_backward(..., register_hook=False)`` records it: the
+    class and its arguments on the weight (DMP replaces the weights; no hook is needed).
 
-    The planner reads it (``_optimizer_classes``) to count the optimizer's state in a
-    table's storage; without it a plan that fits can need 3x the memory with Adam.
+    The planner reads them (``_optimizer_classes``, ``_optimizer_kwargs``) to count the
+    optimizer's state in a table's storage; without them a plan that fits can need 3x the
+    memory with Adam. Set here rather than through that function: importing
+    ``torch.distributed.optim`` scripts its functional optimizers (0.14 s of every ``fit``)
+    and the per-weight optimizer instances it also builds are never used.
     """
     cls = _EMB_OPTIM_CLASS[opt.type]
     for m in module.modules():
         if not isinstance(m, EmbeddingBagCollection):
             continue
-        params = list(m.parameters())
-        for p in params:  # attached once: a module planned again starts afresh
-            for attr in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
-        _apply_optimizer_in_backward(cls, params, {"lr": opt.lr}, register_hook=False)
+        for p in m.parameters():  # attached once: a module planned again starts afresh
+            p._optimizer_classes = [cls]  # type: ignore[attr-defined]
+            p._optimizer_kwargs = [{"lr": opt.lr}]  # type: ignore[attr-defined]
 
 
 def auto_sharding_types(world_size: int) -> List[str]:

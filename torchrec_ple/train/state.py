@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,13 +33,23 @@ _DENSE_OPTIM: Dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+class TrainOptimizer(CombinedOptimizer):
+    """TorchRec's ``CombinedOptimizer`` (the tables' fused optimizer, the dense one) whose
+    ``zero_grad`` drops the dense gradients (``set_to_none``, torch's own default) instead of
+    filling them with zeros: the next backward then writes each gradient once rather than
+    adding it into a zeroed one (TorchRec's wrappers default to zero-filling)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none=set_to_none)
+
+
 @dataclass
 class TrainState:
     """The trained objects of a run."""
 
     ctx: DistContext
     model: DistributedModelParallel
-    optimizer: CombinedOptimizer
+    optimizer: TrainOptimizer
     transforms: FeatureTransforms
     plan_estimate: Optional[PlanEstimate] = None  # the planner's storage per rank (rank 0)
 
@@ -68,6 +78,27 @@ def train_module(
     )
 
 
+# torch's fused (one kernel for all parameters) implementations, per device type: the same
+# update as the per-parameter loop, 3-4x faster for a head's dozen small tensors on CPU.
+# SGD's fused CPU kernel is no faster than its loop; Adagrad's fused kernel is CPU-only.
+_FUSED_DENSE: Dict[str, Tuple[str, ...]] = {
+    "adam": ("cpu", "cuda"),
+    "adamw": ("cpu", "cuda"),
+    "adagrad": ("cpu",),
+}
+
+
+def _fused_dense(opt_type: str, params: Iterable[torch.Tensor]) -> bool:
+    """Whether the dense optimizer ``opt_type`` runs torch's fused kernel for ``params``:
+    all of them floating point on one device type that kernel supports."""
+    tensors = list(params)
+    devices = {p.device.type for p in tensors}
+    if len(devices) != 1:
+        return False
+    floats = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in tensors)
+    return floats and devices.pop() in _FUSED_DENSE.get(opt_type, ())
+
+
 def _dense_optimizer(model: DistributedModelParallel, opt: OptimizerSpec) -> KeyedOptimizerWrapper:
     fused = set(model.fused_optimizer.params.keys())
     params = {n: p for n, p in model.named_parameters() if n not in fused}
@@ -78,6 +109,8 @@ def _dense_optimizer(model: DistributedModelParallel, opt: OptimizerSpec) -> Key
     kwargs: Dict[str, Any] = {"lr": opt.lr, "weight_decay": opt.weight_decay}
     if opt.type in ("adam", "adamw", "adagrad"):
         kwargs["eps"] = opt.eps
+    if _fused_dense(opt.type, params.values()):
+        kwargs["fused"] = True
     factory = _DENSE_OPTIM[opt.type]
     return KeyedOptimizerWrapper(params, lambda ps: factory(ps, **kwargs))
 
@@ -96,7 +129,7 @@ def build_state(spec: Spec, transforms: FeatureTransforms, ctx: DistContext) -> 
         spec.train.planner,
         spec.train.precision,
     )
-    optimizer = CombinedOptimizer(
+    optimizer = TrainOptimizer(
         [dmp.fused_optimizer, _dense_optimizer(dmp, spec.train.dense_optimizer)]
     )
     return TrainState(ctx, dmp, optimizer, transforms, estimate)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from torchrec_ple.atomic import write_text_atomic
 from torchrec_ple.data.pipeline import open_splits
+from torchrec_ple.data.prefetch import DataPrefetch
 from torchrec_ple.spec.schema import Spec
 from torchrec_ple.train.checkpoint import (
     CheckpointWriteError,
@@ -93,6 +94,7 @@ class Trainer:
         out_dir (Path): the run folder.
         log (Callable[[str], None]): where rank 0's lines go (also ``<out>/fit.log``).
         on_epoch_end (Optional[Callable]): see :func:`fit`. Default: none.
+        prefetch (Optional[DataPrefetch]): see :func:`fit`. Default: None.
 
     Example::
 
@@ -111,8 +113,10 @@ class Trainer:
         out_dir: Path,
         log: Callable[[str], None] = print,
         on_epoch_end: Optional[Callable[[int, List[Dict[str, Any]]], Optional[str]]] = None,
+        prefetch: Optional[DataPrefetch] = None,
     ) -> None:
         self.spec = spec
+        self._prefetch = prefetch
         self.ctx = init_distributed(spec.train.dist_timeout_s)
         # rank 0's lines also go to <out>/fit.log, once the folder is checked and locked
         self._run_log = RunLog(log)
@@ -198,7 +202,10 @@ class Trainer:
             world_size=ctx.world_size,
             on_fitted=lambda _: self._folder.replace_earlier(self._run_log),
             barrier=dist.barrier if ctx.world_size > 1 else None,
+            prefetched=self._prefetch,
         )
+        self._prefetch = None  # handed over (its result) or dropped
+        # what the data held the run up: with a prefetch, most of it ran behind the imports
         return FitData(transforms, train, valid, time.perf_counter() - t0)
 
     def _describe_data(self) -> None:
@@ -433,6 +440,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch_end: Optional[Callable[[int, List[Dict[str, Any]]], Optional[str]]] = None,
+    prefetch: Optional[DataPrefetch] = None,
 ) -> Dict[str, Any]:
     """Train a spec and evaluate it on its validation data after every epoch.
 
@@ -458,11 +466,15 @@ def fit(
             epoch and the history so far (resumed epochs included); a returned reason stops
             the run there, as early stopping does (``tune`` prunes trials with it). It must
             answer alike on every rank. Default: none.
+        prefetch (Optional[DataPrefetch]): the spec's data already being read, fitted
+            and encoded on a thread (``DataPrefetch.start(spec)`` before importing this
+            module: the CLI's ``fit`` does); used by a fresh run, dropped by a resumed one.
+            Default: None.
 
     Returns:
         Dict[str, Any]: the content of ``metrics.json``.
     """
-    trainer = Trainer(spec, Path(out_dir), log, on_epoch_end)
+    trainer = Trainer(spec, Path(out_dir), log, on_epoch_end, prefetch)
     finished = trainer.setup(resume, overwrite)
     if finished is not None:
         return finished

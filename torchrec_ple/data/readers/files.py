@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from torchrec_ple.arrow_numpy import array_of
 from torchrec_ple.data.readers.base import Reader, assign_whole, cut_rows
 from torchrec_ple.data.sources import (
     _check_header,
@@ -378,4 +379,4 @@ class FilesReader(Reader):
         perm = np.random.default_rng(self._spec.train.seed).permutation(table.num_rows)
         n_valid = int(round(frac * table.num_rows))
         rows = perm[n_valid:] if self.split == "train" else perm[:n_valid]
-        return table.take(np.sort(rows))
+        return table.take(array_of(np.sort(rows), pa.int64()))
