@@ -76,6 +76,8 @@ class _BatchPlan:
 
     def __init__(self, data: EncodedData) -> None:
         self._sources = tuple(data.values)
+        self._aranges: Dict[int, np.ndarray] = {}  # bag offsets of all-single-id batches
+        self._one_id_per_bag = all(o is None for o in data.offsets)
         fixed = [i for i, o in enumerate(data.offsets) if o is None]
         self._ids: Optional[np.ndarray] = None  # (N, F)
         if fixed:
@@ -136,16 +138,30 @@ class _BatchPlan:
                 length_per_key.append(len(v))
         values = all_values[0] if len(all_values) == 1 else np.concatenate(all_values)
         lengths = all_lengths[0] if len(all_lengths) == 1 else np.concatenate(all_lengths)
-        # Per-key totals are known here for free; TorchRec would otherwise sum the
-        # lengths per key and copy them to Python (.tolist()) on first use every step.
+        # Per-key totals and the bags' offsets are known here for free; TorchRec would
+        # otherwise sum the lengths per key and copy them to Python (.tolist()) on first
+        # use, and the lookup would compute the offsets from the lengths, every step.
         return KeyedJaggedTensor(
             keys=data.keys,
             values=torch.from_numpy(values),
             lengths=torch.from_numpy(lengths),
+            offsets=torch.from_numpy(self._offsets(lengths, len(values))),
             stride=b,
             length_per_key=length_per_key,
             offset_per_key=[0, *itertools.accumulate(length_per_key)],
         )
+
+    def _offsets(self, lengths: np.ndarray, total: int) -> np.ndarray:
+        """``[0, cumsum(lengths)]`` as int32: every bag one id (only fixed keys) is an
+        ``arange``, kept per size (each batch gets its own copy)."""
+        if self._one_id_per_bag:
+            cached = self._aranges.get(total)
+            if cached is None:
+                cached = self._aranges[total] = np.arange(total + 1, dtype=np.int32)
+            return cached.copy()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return offsets.astype(np.int32) if total < 2**31 else offsets
 
 
 # Plans by id of their EncodedData, dropped when the data is garbage-collected; a plan

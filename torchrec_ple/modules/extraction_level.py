@@ -22,8 +22,8 @@ class _ExtractionLevel(nn.Module):
     order; a task gate's columns are its own experts then the shared ones, the shared gate's
     columns are all ``E`` experts in expert order.
 
-    The mixture of the whole level is one ``bmm``: the logits are gathered (by a fixed
-    index) into a dense ``(E, G, B)`` tensor whose unseen entries are ``-inf``, so one softmax
+    The mixture of the whole level is one ``bmm``: the logits are copied (to fixed rows) into
+    a dense ``(E, G, B)`` tensor whose unseen entries are ``-inf``, so one softmax
     over the experts gives every gate its softmax over exactly the experts it may see and
     exact zeros elsewhere. Experts lead that layout because a softmax over a leading dim of
     size ``E`` runs vectorized over the ``G * B`` columns (14x faster on CPU than over a last
@@ -73,14 +73,16 @@ class _ExtractionLevel(nn.Module):
         self._output_dim = expert_dims[-1]
 
         num_experts = self._num_experts
-        # (E, G): the logit row of gate g's column for expert e, else the -inf row.
-        dense_index = torch.full((num_experts, self._num_gates), self._num_logits, dtype=torch.long)
+        # Logit row r (gate g's column p) lands at entry e * G + g of the dense (E, G) layout.
+        logit_pos = [0] * self._num_logits
         seen_index: List[int] = []
         for g in range(self._num_gates):
             for p, e in enumerate(self.gate_experts(g)):
-                dense_index[e, g] = self._gate_offsets[g] + p
+                logit_pos[self._gate_offsets[g] + p] = e * self._num_gates + g
                 seen_index.append(g * num_experts + e)
-        self.register_buffer("_dense_index", dense_index.view(-1), persistent=False)
+        self.register_buffer(
+            "_logit_pos", torch.tensor(logit_pos, dtype=torch.long), persistent=False
+        )
         self.register_buffer(
             "_seen_index", torch.tensor(seen_index, dtype=torch.long), persistent=False
         )
@@ -145,9 +147,10 @@ class _ExtractionLevel(nn.Module):
             ``(B, G, E)`` (a view of the ``(E, G, B)`` softmax).
         """
         experts = self._tail(first)  # (E, B, H)
-        rows = logit_rows[0]
-        padded = torch.cat(logit_rows + [torch.full_like(rows[:1], float("-inf"))], dim=0)
-        dense = padded.index_select(0, self._dense_index).view(
+        rows = logit_rows[0] if len(logit_rows) == 1 else torch.cat(logit_rows, dim=0)
+        # unseen entries stay -inf; index_copy's backward is a gather (index_select's a scatter)
+        blank = rows.new_full((self._num_experts * self._num_gates, rows.shape[1]), float("-inf"))
+        dense = blank.index_copy(0, self._logit_pos, rows).view(
             self._num_experts, self._num_gates, -1
         )
         gates = torch.softmax(dense, dim=0).permute(2, 1, 0)  # (B, G, E)
