@@ -361,9 +361,9 @@ def test_predict_output_that_is_a_folder_is_one_line(
 def test_ctrl_c_in_fit_is_one_line_and_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from torchrec_ple.train.pipeline import FiniteLossTrainPipeline
+    from torchrec_ple.train.pipeline import LocalTrainPipeline  # one process's pipeline
 
-    progress = FiniteLossTrainPipeline.progress
+    progress = LocalTrainPipeline.progress
     calls = {"n": 0}
 
     def interrupted(self, batches):  # type: ignore[no-untyped-def]
@@ -372,7 +372,7 @@ def test_ctrl_c_in_fit_is_one_line_and_130(
             raise KeyboardInterrupt
         return progress(self, batches)
 
-    monkeypatch.setattr(FiniteLossTrainPipeline, "progress", interrupted)
+    monkeypatch.setattr(LocalTrainPipeline, "progress", interrupted)
     out = tmp_path / "run"
     assert main(_fit_args(out, settings=SETTINGS + ["train.checkpoint_every=2"])) == 130
     err = capsys.readouterr().err

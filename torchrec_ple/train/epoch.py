@@ -20,7 +20,7 @@ from torchrec_ple.train.loop import (
     progress_enabled,
 )
 from torchrec_ple.train.loss import MultiTaskTrainModule
-from torchrec_ple.train.pipeline import FiniteLossTrainPipeline, batch_iterator
+from torchrec_ple.train.pipeline import batch_iterator, training_pipeline
 from torchrec_ple.train.state import TrainState, dense_params
 from torchrec_ple.train.weightings import LossWeighting
 
@@ -58,10 +58,11 @@ class EpochSteps:
         self._scalars, self._log, self._newest = scalars, log, newest
         self.step, self.skipped = step, skipped
         clip = spec.train.clip_grad_norm
-        self.pipeline = FiniteLossTrainPipeline(
+        self.pipeline = training_pipeline(
             state.model,
             state.optimizer,
             ctx.device,
+            ctx.world_size,
             clip_params=dense_params(state),
             clip_grad_norm=clip,
             check_finite=spec.train.on_nonfinite_loss != "off",
@@ -132,7 +133,7 @@ class EpochSteps:
         self.train_seconds += time.perf_counter() - t_epoch
         if hasattr(batches, "close"):
             batches.close()  # the prefetching thread, when it stopped early (max_steps)
-        self.pipeline.detach()
+        self.pipeline.end_epoch()
 
     def _train_step(
         self, epoch: int, batches: Any, t_epoch: float, checkpoint: Callable[[int, int], None]
