@@ -131,3 +131,52 @@ def test_zero_grad_drops_the_dense_gradients() -> None:
         p.grad = torch.ones_like(p)
     state.optimizer.zero_grad()
     assert all(p.grad is None for p in params)
+
+
+def test_the_gates_recorded_while_scoring_equal_a_pass_of_their_own(tmp_path) -> None:
+    from torchrec_ple.train.gates import gate_summary
+    from torchrec_ple.train.trainer import Trainer
+
+    spec = _spec()
+    trainer = Trainer(spec, tmp_path / "run", log=lambda _: None)
+    assert trainer.setup(resume=False, overwrite=False) is None
+    trainer.restore()
+    trainer.train_epoch(0)  # evaluates at the end of the epoch, recording the gates
+    step, recorded = trainer._scored_gates
+    assert step == trainer.steps.step and recorded
+    own = gate_summary(spec, trainer.state, trainer.data.validation)
+    assert recorded.keys() == own.keys()
+    for key in own:
+        assert recorded[key]["experts"] == own[key]["experts"]
+        assert recorded[key]["mean"] == pytest.approx(own[key]["mean"], abs=1e-12)
+    head = trainer.state.model.module.model.head
+    assert "forward" not in vars(head)  # the head's own forward again
+    assert trainer.finish()["gates"] == recorded
+
+
+def test_the_recorded_gates_stop_at_max_rows_as_the_own_pass_does(tmp_path) -> None:
+    from torchrec_ple.train.gates import GatesWhileScoring, gate_summary
+    from torchrec_ple.train.scoring import evaluate_encoded
+    from torchrec_ple.train.trainer import Trainer
+
+    spec = load_spec(
+        ROOT / "feature_specs" / "synthetic.yaml",
+        [
+            "data.synthetic.train_rows=128",
+            "data.synthetic.validation_rows=64",
+            "train.batch_size=32",
+            "train.eval_batch_size=16",
+        ],
+    )
+    trainer = Trainer(spec, tmp_path / "run", log=lambda _: None)
+    trainer.setup(resume=False, overwrite=False)
+    valid = trainer.data.validation
+    with GatesWhileScoring(spec, trainer.state, 16, max_rows=20) as recorder:
+        evaluate_encoded(spec, trainer.state, valid)
+    recorded = recorder.summary()
+    own = gate_summary(spec, trainer.state, valid, max_rows=20)  # batches 0 and 1
+    everything = gate_summary(spec, trainer.state, valid)
+    assert recorded is not None and recorded.keys() == own.keys()
+    for key in own:
+        assert recorded[key]["mean"] == pytest.approx(own[key]["mean"], abs=1e-12)
+    assert any(own[k]["mean"] != pytest.approx(everything[k]["mean"], abs=1e-9) for k in own)

@@ -257,6 +257,8 @@ class BatchLoader:
         self._world_size = world_size
         self._epoch = 0
         self._start_batch = 0
+        if data.keys:
+            _plan(data)  # the id matrix, built with the data rather than in the first step
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's permutation; skip the first ``start_batch`` batches (resume)."""

@@ -34,7 +34,7 @@ from torchrec_ple.train.epoch import EpochSteps
 from torchrec_ple.train.evaluate import evaluate, load_run_spec, resolve_checkpoint  # noqa: F401
 from torchrec_ple.train.fit_data import FitData
 from torchrec_ple.train.fit_log import FIT_LOG, RunLog
-from torchrec_ple.train.gates import gate_summary
+from torchrec_ple.train.gates import GatesWhileScoring, gate_summary
 from torchrec_ple.train.history import (
     best_line,
     best_summary,
@@ -339,8 +339,12 @@ class Trainer:
             self.log(f"early stopping after epoch {epoch}: {reason}")
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        """Per-task metrics of the validation split (TensorBoard ``validation/...``)."""
-        result = evaluate_encoded(self.spec, self.state, self.data.validation)
+        """Per-task metrics of the validation split (TensorBoard ``validation/...``); the
+        gates' summary of those rows is kept for ``metrics.json`` (see :meth:`finish`)."""
+        valid = self.data.validation
+        with GatesWhileScoring(self.spec, self.state, valid.eval_batch_size) as gates:
+            result = evaluate_encoded(self.spec, self.state, valid)
+        self._scored_gates = (self.steps.step, gates.summary())
         for name, m in result.items():
             values = {
                 f"validation/{name}/{k}": v
@@ -397,6 +401,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------- finish
 
+    def _gates(self) -> Dict[str, Any]:
+        """The gates' mean weights on the validation split (else the training split): those
+        recorded by the last evaluation when no step trained since, else a pass of their own."""
+        step, summary = getattr(self, "_scored_gates", (None, None))
+        if summary is not None and step == self.steps.step:
+            return summary
+        return gate_summary(self.spec, self.state, self.data.validation or self.data.train)
+
     def finish(self) -> Dict[str, Any]:
         """Close the scalars, gather the run's numbers and write ``metrics.json`` (rank 0).
 
@@ -424,7 +436,7 @@ class Trainer:
             "history": history,
             "data": data_reports,
             "model": {"architecture": spec.model.architecture, "parameters": count_params(state)},
-            "gates": gate_summary(spec, state, self.data.validation or self.data.train),
+            "gates": self._gates(),
         }
         if ctx.is_main:
             write_text_atomic(self.run.metrics_file, json.dumps(metrics, indent=1))
