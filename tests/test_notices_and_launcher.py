@@ -16,7 +16,7 @@ from typing import List
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cli_helpers import _sets
+from tests.cli_helpers import SMALL_RUN, _sets
 from tests.conftest import ROOT
 
 # -------------------------------------------------------------- third-party notices
@@ -66,12 +66,7 @@ QUIET = [
 ]
 SYNTHETIC = ROOT / "feature_specs" / "synthetic.yaml"
 TINY = [
-    "data.synthetic.train_rows=600",
-    "data.synthetic.validation_rows=200",
-    "train.batch_size=128",
-    "train.epochs=1",
-    "train.progress=false",
-    "train.tensorboard=false",
+    *SMALL_RUN,
     "features[0].embedding.sharding=data_parallel",  # fbgemm's dense TBE, no sharding spec
 ]
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cli_helpers import SMALL_RUN
 from tests.conftest import ROOT
 from torchrec_ple.data.pipeline import open_splits
 from torchrec_ple.data.prefetch import DataPrefetch
@@ -18,14 +19,7 @@ from torchrec_ple.spec import load_spec
 from torchrec_ple.spec.errors import DataError
 from torchrec_ple.train.trainer import fit
 
-SETTINGS = [
-    "data.synthetic.train_rows=600",
-    "data.synthetic.validation_rows=200",
-    "train.batch_size=128",
-    "train.epochs=1",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
+SETTINGS = SMALL_RUN
 
 
 def _spec():

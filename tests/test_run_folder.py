@@ -20,6 +20,7 @@ from typing import List
 
 import pytest
 
+from tests.cli_helpers import SMALL_RUN
 from tests.conftest import ROOT
 from torchrec_ple.cli import main
 from torchrec_ple.spec import load_spec
@@ -28,15 +29,7 @@ from torchrec_ple.train import out_paths, run_dir
 from torchrec_ple.train.run_dir import LOCK_FILE, RunLock, spec_changes
 
 SPEC = ROOT / "feature_specs" / "synthetic.yaml"
-# 600 rows / 128 per batch: 5 steps per epoch
-SETTINGS = [
-    "data.synthetic.train_rows=600",
-    "data.synthetic.validation_rows=200",
-    "train.batch_size=128",
-    "train.epochs=1",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
+SETTINGS = SMALL_RUN  # 600 rows / 128 per batch: 5 steps per epoch
 
 
 def _sets(settings: List[str]) -> List[str]:
