@@ -144,7 +144,7 @@ class _ExtractionLevel(nn.Module):
 
         Returns:
             Tuple[torch.Tensor, torch.Tensor]: mixtures ``(B, G, H)`` and dense gate weights
-            ``(B, G, E)`` (a view of the ``(E, G, B)`` softmax).
+            ``(B, G, E)`` (the ``(E, G, B)`` softmax, transposed).
         """
         experts = self._tail(first)  # (E, B, H)
         rows = logit_rows[0] if len(logit_rows) == 1 else torch.cat(logit_rows, dim=0)
@@ -153,7 +153,8 @@ class _ExtractionLevel(nn.Module):
         dense = blank.index_copy(0, self._logit_pos, rows).view(
             self._num_experts, self._num_gates, -1
         )
-        gates = torch.softmax(dense, dim=0).permute(2, 1, 0)  # (B, G, E)
+        # (B, G, E), contiguous: bmm on the permuted view falls back to a loop over rows
+        gates = torch.softmax(dense, dim=0).permute(2, 1, 0).contiguous()
         mix = torch.bmm(gates, experts.transpose(0, 1))
         return mix, gates
 
