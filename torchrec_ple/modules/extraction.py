@@ -217,13 +217,14 @@ class ExtractionNetwork(MultiTaskHead):
         for level in self._levels:
             mix, gates = level(task_in, shared_in)
             dense_gates.append(gates)
-            task_in = mix[:, : self._num_tasks].transpose(0, 1)
-            # The shared gate's mixture is the last row. Without a shared gate the next level
-            # has neither shared experts nor a shared gate and never reads shared_in.
-            shared_in = mix[:, -1]
+            # mixtures are gate-major, (G, B, H): the tasks' rows, then the shared gate's
+            task_in = mix[: self._num_tasks]
+            # Without a shared gate the next level has neither shared experts nor a shared
+            # gate and never reads shared_in.
+            shared_in = mix[-1]
         outputs: List[torch.Tensor] = []
         for k in range(self._num_tasks):
-            outputs.append(mix[:, k])
+            outputs.append(mix[k])
         return outputs, dense_gates
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
