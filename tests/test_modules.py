@@ -96,19 +96,24 @@ def _assert_matches_reference(net, x, num_tasks, num_levels, m_s, m_t, act=torch
         torch.testing.assert_close(gates[key], ref_gates[key], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "num_tasks,num_levels,m_s,m_t", [(2, 2, 1, 1), (3, 3, 2, 2), (1, 2, 3, 0), (4, 3, 0, 2)]
-)
-def test_ple_matches_looped_reference(num_tasks: int, num_levels: int, m_s: int, m_t: int) -> None:
-    torch.manual_seed(1)
-    net = PLE(
+def _small_ple(num_tasks: int, num_levels: int, m_s: int, m_t: int, dims: List[int]) -> PLE:
+    """A 7-input PLE for the reference comparisons."""
+    return PLE(
         7,
         num_tasks,
         num_levels=num_levels,
         num_shared_experts=m_s,
         num_task_experts=m_t,
-        expert_dims=[6, 5, 4],
+        expert_dims=dims,
     )
+
+
+@pytest.mark.parametrize(
+    "num_tasks,num_levels,m_s,m_t", [(2, 2, 1, 1), (3, 3, 2, 2), (1, 2, 3, 0), (4, 3, 0, 2)]
+)
+def test_ple_matches_looped_reference(num_tasks: int, num_levels: int, m_s: int, m_t: int) -> None:
+    torch.manual_seed(1)
+    net = _small_ple(num_tasks, num_levels, m_s, m_t, [6, 5, 4])
     for batch in (1, 9):
         _assert_matches_reference(net, torch.randn(batch, 7), num_tasks, num_levels, m_s, m_t)
 
@@ -117,17 +122,11 @@ def test_ple_matches_looped_reference(num_tasks: int, num_levels: int, m_s: int,
 def test_ple_gradients_match_looped_reference(
     num_tasks: int, num_levels: int, m_s: int, m_t: int
 ) -> None:
-    """The fused levels' backward (softmax over the dense gate layout, broadcast mixture)
-    gives every parameter and the input the gradient of the looped reference."""
+    """The fused levels' backward (softmax over the dense gate layout; the mixture as
+    multiply-adds for 3 experts, as a bmm over rows for 8) gives every parameter and the input
+    the gradient of the looped reference."""
     torch.manual_seed(2)
-    net = PLE(
-        7,
-        num_tasks,
-        num_levels=num_levels,
-        num_shared_experts=m_s,
-        num_task_experts=m_t,
-        expert_dims=[6, 5],
-    )
+    net = _small_ple(num_tasks, num_levels, m_s, m_t, [6, 5])
     x = torch.randn(9, 7)
     weights = [torch.randn(9, 5) for _ in range(num_tasks)]
 
