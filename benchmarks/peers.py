@@ -6,7 +6,7 @@ Contenders (each one whole process, in its own venv, timed from outside start to
 
 * ``torchrec-ple``: the real CLI, ``torchrec-ple fit SPEC --out DIR`` on the census-like Parquet
   of ``benchmarks.fit`` (imports, reading and encoding, training, evaluation, checkpoints,
-  ``metrics.json``); fused adagrad 0.05 on the tables (on CPU 5% faster a step than the
+  ``metrics.json``); fused adagrad 0.05 on the tables (on CPU 6% more samples/s than the
   default row-wise Adagrad, same AUC), dense Adam 1e-3; the package's bytecode written first,
   as an installed package has it;
 * ``deepctr`` (DeepCTR-Torch 0.3.0), ``rechub`` (torch-rechub 0.9.0), ``fuxi`` (FuxiCTR 2.3.10
