@@ -125,6 +125,11 @@ class ExtractionNetwork(MultiTaskHead):
                 gate_keys.append(f"level{j}/shared")
             width = expert_dims[-1]
         self._levels = nn.ModuleList(levels)
+        # per level: whether it has a shared gate (every level but the last, when there
+        # are shared experts); static, so tracing (FX, TorchScript) sees no shape test
+        self._shared_gates: List[bool] = [
+            j < num_levels - 1 and num_shared_experts > 0 for j in range(num_levels)
+        ]
         self._gate_keys: List[str] = gate_keys
         self._output_dims = [expert_dims[-1]] * num_tasks
 
@@ -214,17 +219,25 @@ class ExtractionNetwork(MultiTaskHead):
         shared_in = x
         mix = x
         dense_gates: List[torch.Tensor] = []
-        for level in self._levels:
+        for j, level in enumerate(self._levels):
             mix, gates = level(task_in, shared_in)
             dense_gates.append(gates)
-            # mixtures are gate-major, (G, B, H): the tasks' rows, then the shared gate's
-            task_in = mix[: self._num_tasks]
-            # Without a shared gate the next level has neither shared experts nor a shared
-            # gate and never reads shared_in.
-            shared_in = mix[-1]
+            # mixtures are gate-major, (G, B, H): the tasks' rows, then the shared gate's.
+            # split and unbind, not indexing: each backward is one cat or stack instead of
+            # a zero-filled copy per piece
+            if self._shared_gates[j]:
+                parts = mix.split([self._num_tasks, 1], dim=0)
+                task_in = parts[0]
+                shared_in = parts[1].squeeze(0)
+            else:
+                # no shared gate: the next level (if any) has neither shared experts nor a
+                # shared gate and never reads shared_in
+                task_in = mix
+        # the last level has no shared gate: its mixtures are the tasks' outputs
+        per_task = mix.unbind(0)
         outputs: List[torch.Tensor] = []
         for k in range(self._num_tasks):
-            outputs.append(mix[k])
+            outputs.append(per_task[k])
         return outputs, dense_gates
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:

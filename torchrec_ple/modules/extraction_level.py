@@ -174,10 +174,13 @@ class _ExtractionLevel(nn.Module):
             # (B, G, E) contiguous: bmm on the permuted view falls back to a loop over rows
             rows_first = gates.permute(2, 1, 0).contiguous()
             return torch.bmm(rows_first, experts.transpose(0, 1)).transpose(0, 1), gates
-        columns = gates.unsqueeze(-1)  # (E, G, B, 1)
-        mix = columns[0] * experts[0]
+        # unbind, not indexing: one stack in the backward instead of a zero-filled copy and
+        # an add per expert
+        columns = gates.unsqueeze(-1).unbind(0)  # E x (G, B, 1)
+        outputs = experts.unbind(0)  # E x (B, H)
+        mix = columns[0] * outputs[0]
         for e in range(1, self._num_experts):
-            mix = torch.addcmul(mix, columns[e], experts[e])
+            mix = torch.addcmul(mix, columns[e], outputs[e])
         return mix, gates
 
     def split_gates(self, gates: torch.Tensor) -> List[torch.Tensor]:

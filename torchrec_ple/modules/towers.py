@@ -22,9 +22,10 @@ class _StackedTowers(nn.Module):
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         y = self._mlps(torch.stack(xs, dim=0))
+        per_task = y.unbind(0)  # one stack in the backward, not a zero-filled copy per tower
         outputs: List[torch.Tensor] = []
         for k in range(self._num):
-            outputs.append(y[k])
+            outputs.append(per_task[k])
         return outputs
 
 
