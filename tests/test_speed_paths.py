@@ -188,9 +188,9 @@ def _encoded_and_rows(draw: st.DrawFn) -> tuple[EncodedData, np.ndarray]:
         keys=[f"f{i}" for i in range(len(kinds))],
         values=values,
         offsets=offsets,
-        dense=rng.normal(size=(n, 2)).astype(np.float32),
+        dense=rng.normal(size=(n, draw(st.integers(0, 3)))).astype(np.float32),
         labels=rng.integers(0, 2, (n, 2)).astype(np.float32),
-        masks=np.ones((n, 2), np.float32),
+        masks=rng.integers(0, 2, (n, 2)).astype(np.float32),
     )
     rows = np.asarray(draw(st.lists(st.integers(0, n - 1), max_size=20)), dtype=np.int64)
     return data, rows
@@ -212,12 +212,20 @@ def _assert_same_kjt(a: KeyedJaggedTensor, b: KeyedJaggedTensor) -> None:
 @given(_encoded_and_rows())
 def test_one_gather_batch_equals_per_column_batch(case: tuple[EncodedData, np.ndarray]) -> None:
     data, rows = case
-    _assert_same_kjt(build_batch(data, rows).sparse, _per_column_kjt(data, rows))
-    _assert_same_kjt(build_batch(data, rows).sparse, _per_column_kjt(data, rows))  # cached
+    for _ in range(2):  # the second call reuses the packed records
+        batch = build_batch(data, rows)
+        _assert_same_kjt(batch.sparse, _per_column_kjt(data, rows))
+        for got, array in [
+            (batch.dense, data.dense),
+            (batch.labels, data.labels),
+            (batch.masks, data.masks),
+        ]:
+            assert got.dtype == torch.float32 and got.is_contiguous()
+            assert torch.equal(got, torch.from_numpy(array[rows]))
 
 
 def test_batch_follows_replaced_id_columns() -> None:
-    """The prepared id matrix is rebuilt when the table's id arrays are replaced."""
+    """The packed records are rebuilt when the table's arrays are replaced."""
     data = EncodedData(
         keys=["a", "b"],
         values=[np.arange(5, dtype=np.int64), np.arange(5, dtype=np.int64) * 2],
@@ -230,6 +238,8 @@ def test_batch_follows_replaced_id_columns() -> None:
     assert build_batch(data, rows).sparse.values().tolist() == [4, 0, 2, 8, 0, 4]
     data.values[1] = np.arange(5, dtype=np.int64) + 100_000
     assert build_batch(data, rows).sparse.values().tolist() == [4, 0, 2, 100_004, 100_000, 100_002]
+    data.masks = np.zeros((5, 1), np.float32)  # so are the packed records of the other arrays
+    assert build_batch(data, rows).masks.sum().item() == 0.0
 
 
 def test_loader_batches_equal_per_column_batches() -> None:
