@@ -96,3 +96,37 @@ def test_train_module_esmm_and_uncertainty() -> None:
     loss.backward()
     assert module.log_vars is not None and module.log_vars.grad is not None
     assert torch.all(module.log_vars.grad != 0)
+
+
+@pytest.mark.parametrize(
+    "types",
+    [["binary", "binary"], ["regression", "regression"], ["binary", "regression"]],
+)
+def test_train_module_losses_are_the_masked_means_of_each_kind(types: list[str]) -> None:
+    """Binary tasks take cross-entropy on logits, regression tasks squared error, per task
+    the masked mean: the same whether the tasks are of one kind or mixed."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from torchrec_ple.data.batch import MultiTaskBatch
+    from torchrec_ple.models.multitask import MultiTaskModel
+    from torchrec_ple.modules import PLE, TaskTowers
+    from torchrec_ple.train.loss import MultiTaskTrainModule
+
+    torch.manual_seed(0)
+    head = PLE(4, 2)
+    model = MultiTaskModel(None, 4, head, TaskTowers(head.output_dims, [8]))
+    module = MultiTaskTrainModule(model, types)
+    batch = MultiTaskBatch(
+        dense=torch.randn(8, 4),
+        sparse=KeyedJaggedTensor.empty(values_dtype=torch.int64),
+        labels=torch.tensor([[1.0, 0.5], [0.0, 2.0]] * 4),
+        masks=torch.tensor([[1.0, 1.0], [1.0, 0.0]] * 4),
+    )
+    _, (losses, outputs, _, _) = module(batch)
+    for k, kind in enumerate(types):
+        out, label, mask = outputs[:, k], batch.labels[:, k], batch.masks[:, k]
+        if kind == "binary":
+            per_row = F.binary_cross_entropy_with_logits(out, label, reduction="none")
+        else:
+            per_row = (out - label) ** 2
+        assert torch.allclose(losses[k], (per_row * mask).sum() / mask.sum(), atol=1e-6)

@@ -220,6 +220,9 @@ class MultiTaskTrainModule(nn.Module):
         self.register_buffer(
             "_is_binary", torch.tensor([t == "binary" for t in task_types]), persistent=False
         )
+        # one kind of task: its loss alone, without computing the other and selecting
+        binary = [t == "binary" for t in task_types]
+        self._kinds = "binary" if all(binary) else "regression" if not any(binary) else "mixed"
         # ESMM: task k's loss is the CTCVR loss on its parent's sample space.
         self.register_buffer("_is_esmm", torch.tensor([p >= 0 for p in parents]), persistent=False)
         self.register_buffer(
@@ -250,7 +253,12 @@ class MultiTaskTrainModule(nn.Module):
             outputs = outputs.float()
         else:
             outputs = self.model(batch.dense, batch.sparse)
-        per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary)
+        if self._kinds == "binary":
+            per_sample = F.binary_cross_entropy_with_logits(outputs, batch.labels, reduction="none")
+        elif self._kinds == "regression":
+            per_sample = (outputs - batch.labels) ** 2
+        else:
+            per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary)
         masks = batch.masks
         if self._has_esmm:
             parent_out = outputs.index_select(1, self._parent)
