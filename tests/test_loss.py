@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -67,7 +68,11 @@ def test_esmm_loss_is_bce_of_the_product() -> None:
     assert torch.allclose(got, F.binary_cross_entropy(p, click * buy), atol=1e-6)
 
 
-def test_train_module_esmm_and_uncertainty() -> None:
+def _small_module_and_batch(
+    types: list[str], labels: list[list[float]], **kwargs: Any
+) -> tuple[Any, Any]:
+    """A 2-task PLE train module without tables (``kwargs`` to it) and an 8-row batch whose
+    rows repeat ``labels`` (two rows) and masks ``[[1, 1], [1, 0]]``."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from torchrec_ple.data.batch import MultiTaskBatch
@@ -78,14 +83,21 @@ def test_train_module_esmm_and_uncertainty() -> None:
     torch.manual_seed(0)
     head = PLE(4, 2)
     model = MultiTaskModel(None, 4, head, TaskTowers(head.output_dims, [8]))
-    module = MultiTaskTrainModule(
-        model, ["binary", "binary"], esmm_parents=[-1, 0], uncertainty=True
-    )
     batch = MultiTaskBatch(
         dense=torch.randn(8, 4),
         sparse=KeyedJaggedTensor.empty(values_dtype=torch.int64),
-        labels=torch.tensor([[1.0, 1.0], [0.0, 0.0]] * 4),
+        labels=torch.tensor(labels * 4),
         masks=torch.tensor([[1.0, 1.0], [1.0, 0.0]] * 4),
+    )
+    return MultiTaskTrainModule(model, types, **kwargs), batch
+
+
+def test_train_module_esmm_and_uncertainty() -> None:
+    module, batch = _small_module_and_batch(
+        ["binary", "binary"],
+        [[1.0, 1.0], [0.0, 0.0]],
+        esmm_parents=[-1, 0],
+        uncertainty=True,
     )
     loss, (losses, outputs, _, _) = module(batch)
     p = torch.sigmoid(outputs[:, 0]) * torch.sigmoid(outputs[:, 1])
@@ -105,23 +117,7 @@ def test_train_module_esmm_and_uncertainty() -> None:
 def test_train_module_losses_are_the_masked_means_of_each_kind(types: list[str]) -> None:
     """Binary tasks take cross-entropy on logits, regression tasks squared error, per task
     the masked mean: the same whether the tasks are of one kind or mixed."""
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-    from torchrec_ple.data.batch import MultiTaskBatch
-    from torchrec_ple.models.multitask import MultiTaskModel
-    from torchrec_ple.modules import PLE, TaskTowers
-    from torchrec_ple.train.loss import MultiTaskTrainModule
-
-    torch.manual_seed(0)
-    head = PLE(4, 2)
-    model = MultiTaskModel(None, 4, head, TaskTowers(head.output_dims, [8]))
-    module = MultiTaskTrainModule(model, types)
-    batch = MultiTaskBatch(
-        dense=torch.randn(8, 4),
-        sparse=KeyedJaggedTensor.empty(values_dtype=torch.int64),
-        labels=torch.tensor([[1.0, 0.5], [0.0, 2.0]] * 4),
-        masks=torch.tensor([[1.0, 1.0], [1.0, 0.0]] * 4),
-    )
+    module, batch = _small_module_and_batch(types, [[1.0, 0.5], [0.0, 2.0]])
     _, (losses, outputs, _, _) = module(batch)
     for k, kind in enumerate(types):
         out, label, mask = outputs[:, k], batch.labels[:, k], batch.masks[:, k]
