@@ -37,7 +37,7 @@ __all__ = [
 
 
 def per_sample_task_losses(
-    outputs: torch.Tensor, labels: torch.Tensor, is_binary: torch.Tensor
+    outputs: torch.Tensor, labels: torch.Tensor, is_binary: torch.Tensor, kinds: str = "mixed"
 ) -> torch.Tensor:
     """Unmasked per-sample losses: binary cross-entropy on logits, else squared error.
 
@@ -45,10 +45,17 @@ def per_sample_task_losses(
         outputs (torch.Tensor): (B, K) logits (binary tasks) or values (regression).
         labels (torch.Tensor): (B, K) targets.
         is_binary (torch.Tensor): (K,) bool.
+        kinds (str): ``binary`` or ``regression`` when every task is of that kind (the
+            caller knows it without reading ``is_binary``): only that loss is computed,
+            instead of both and a select. Default: ``mixed``.
 
     Returns:
         torch.Tensor: (B, K).
     """
+    if kinds == "binary":
+        return F.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
+    if kinds == "regression":
+        return (outputs - labels) ** 2
     bce = F.binary_cross_entropy_with_logits(outputs, labels, reduction="none")
     sq = (outputs - labels) ** 2
     return torch.where(is_binary.unsqueeze(0), bce, sq)
@@ -220,7 +227,7 @@ class MultiTaskTrainModule(nn.Module):
         self.register_buffer(
             "_is_binary", torch.tensor([t == "binary" for t in task_types]), persistent=False
         )
-        # one kind of task: its loss alone, without computing the other and selecting
+        # every task of one kind: only that kind's loss is computed
         binary = [t == "binary" for t in task_types]
         self._kinds = "binary" if all(binary) else "regression" if not any(binary) else "mixed"
         # ESMM: task k's loss is the CTCVR loss on its parent's sample space.
@@ -253,12 +260,7 @@ class MultiTaskTrainModule(nn.Module):
             outputs = outputs.float()
         else:
             outputs = self.model(batch.dense, batch.sparse)
-        if self._kinds == "binary":
-            per_sample = F.binary_cross_entropy_with_logits(outputs, batch.labels, reduction="none")
-        elif self._kinds == "regression":
-            per_sample = (outputs - batch.labels) ** 2
-        else:
-            per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary)
+        per_sample = per_sample_task_losses(outputs, batch.labels, self._is_binary, self._kinds)
         masks = batch.masks
         if self._has_esmm:
             parent_out = outputs.index_select(1, self._parent)
